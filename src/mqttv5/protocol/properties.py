@@ -32,6 +32,7 @@ __all__ = [
     "WireType",
     "decode_properties",
     "encode_properties",
+    "strip_properties",
 ]
 
 _MALFORMED: Final = ReasonCode.MALFORMED_PACKET
@@ -394,3 +395,44 @@ def _decode_value(
 
 def _packet_name(packet_type: int) -> str:
     return "Will Properties" if packet_type == WILL else PacketType(packet_type).name
+
+
+def _skip_value(raw: bytes, pos: int, wire: WireType) -> int:
+    if wire is WireType.BYTE:
+        return pos + 1
+    if wire is WireType.U16:
+        return pos + 2
+    if wire is WireType.U32:
+        return pos + 4
+    if wire is WireType.VARINT:
+        return decode_varint(raw, pos)[1]
+    if wire is WireType.PAIR:
+        pos = pos + 2 + ((raw[pos] << 8) | raw[pos + 1])
+    return pos + 2 + ((raw[pos] << 8) | raw[pos + 1])
+
+
+def strip_properties(raw: bytes, drop: frozenset[int]) -> bytes:
+    """Remove the properties whose identifiers are in ``drop`` from an already validated
+    property block (without its length prefix), keeping the others in order.
+
+    The broker uses it to take the Topic Alias and Message Expiry Interval out of an incoming
+    PUBLISH before forwarding it [MQTT-3.3.2-7].
+    """
+    out: list[bytes] = []
+    pos = 0
+    end = len(raw)
+    kept_from = 0
+    while pos < end:
+        start = pos
+        pid, pos = decode_varint(raw, pos, "property identifier")
+        spec = PROPERTY_TABLE.get(pid)
+        if spec is None:
+            raise RemoteProtocolError(_MALFORMED, f"unknown property 0x{pid:02X}")
+        pos = _skip_value(raw, pos, spec.wire)
+        if pid in drop:
+            out.append(raw[kept_from:start])
+            kept_from = pos
+    if not out:
+        return raw
+    out.append(raw[kept_from:])
+    return b"".join(out)

@@ -1,0 +1,557 @@
+"""``MqttBroker``: lifecycle, listeners, sessions, flushing and background tasks.
+
+Embeddable::
+
+    async with MqttBroker(BrokerConfig()) as broker:
+        await broker.wait_closed()
+
+The broker owns the session registry and the router; each connection's :class:`ClientHandler`
+calls back into it. Output is flushed once per loop tick for every handler touched in the tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from mqttv5.protocol.connection import Closed
+from mqttv5.protocol.packets import Connack, Connect, Disconnect, Will
+from mqttv5.protocol.properties import Properties, strip_properties
+from mqttv5.protocol.reason_codes import ReasonCode
+
+from .auth import AnonymousPolicy, Authenticator
+from .config import BrokerConfig, ListenerSettings
+from .handler import ClientHandler
+from .message import BrokerMessage, Delivery
+from .metrics import Counters
+from .router import Router
+from .sessions import EXPIRY_NEVER, Session, SessionRegistry, SubEntry
+from .sys_topics import SysPublisher
+
+__all__ = ["ListenerRuntime", "MqttBroker"]
+
+log = logging.getLogger("mqttv5.broker")
+_RC = ReasonCode
+_WILL_DROP = frozenset({0x02, 0x18})  # Message Expiry (kept as expiry_at), Will Delay Interval
+
+
+@dataclass(slots=True)
+class ListenerRuntime:
+    """A listener's settings as the handlers use them, and its server object."""
+
+    settings: ListenerSettings
+    name: str
+    max_packet_size: int
+    authenticator: Authenticator
+    is_loopback: bool
+    server: asyncio.Server | None = None
+    connections: int = 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MqttBroker:
+    """An MQTT 5.0 / 3.1.1 broker.
+
+    Args:
+        config: the broker configuration (defaults: TCP 1883 on loopback, anonymous access).
+    """
+
+    def __init__(self, config: BrokerConfig | None = None) -> None:
+        self.config = config if config is not None else BrokerConfig()
+        self.counters = Counters()
+        self.sessions = SessionRegistry()
+        self.router = Router(self._deliver)
+        self.handlers: set[ClientHandler] = set()
+        self.listeners: list[ListenerRuntime] = []
+        self.started_at = time.time()
+        self._dirty: set[ClientHandler] = set()
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed: asyncio.Event | None = None
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.sys: SysPublisher | None = None
+        self._all_gone: asyncio.Event | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the broker runs on."""
+        assert self._loop is not None, "broker not started"
+        return self._loop
+
+    # ------------------------------------------------------------------------------------------
+    # lifecycle
+
+    async def start(self) -> None:
+        """Open every listener and start the background tasks.
+
+        Raises:
+            OSError: a listener cannot bind (the message names the address).
+        """
+        self._loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
+        try:
+            for settings in self.config.effective_listeners():
+                await self._open_listener(settings)
+        except BaseException:
+            await self._close_listeners()
+            raise
+        self.spawn(self._sweep())
+        if self.config.sys_interval > 0:
+            self.sys = SysPublisher(self)
+            self.spawn(self.sys.run())
+        gc.freeze()  # start-up objects are long-lived: keep them out of the collector's way
+
+    async def _open_listener(self, settings: ListenerSettings) -> None:
+        cfg = self.config
+        allow = settings.allow_anonymous
+        if allow is None:
+            allow = cfg.allow_anonymous
+        if allow is None:
+            allow = True  # config validation refuses non-loopback listeners without a choice
+        runtime = ListenerRuntime(
+            settings=settings,
+            name=settings.name or f"{settings.type}:{settings.bind}:{settings.port}",
+            max_packet_size=settings.max_packet_size or cfg.max_packet_size,
+            authenticator=AnonymousPolicy(allow),
+            is_loopback=_is_loopback(settings.bind),
+        )
+        try:
+            server = await self.loop.create_server(
+                lambda: ClientHandler(self, runtime),
+                host=settings.bind,
+                port=settings.port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            if settings.bind == "::1" and not self.config.listeners:  # default listener only
+                log.warning("IPv6 loopback unavailable; not listening on [::1]: %s", exc)
+                return
+            raise OSError(
+                exc.errno, f"cannot listen on {settings.bind}:{settings.port}: {exc.strerror}"
+            ) from exc
+        runtime.server = server
+        self.listeners.append(runtime)
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            log.info("listening on %s:%d (%s)", host, port, settings.type)
+        if allow and runtime.is_loopback and cfg.allow_anonymous is None:
+            log.info(
+                "Starting in local only mode: connections only possible from clients on this "
+                "machine, anonymous access allowed on %s.",
+                runtime.name,
+            )
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound port of every listener (useful with port 0)."""
+        out: list[int] = []
+        for runtime in self.listeners:
+            if runtime.server is not None:
+                out.extend(s.getsockname()[1] for s in runtime.server.sockets)
+        return out
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop accepting, DISCONNECT 0x8B to every client, flush for at
+        most ``shutdown_timeout`` seconds, then close."""
+        if self._stopping:
+            if self._closed is not None:
+                await self._closed.wait()
+            return
+        self._stopping = True
+        await self._close_listeners()
+        for handler in list(self.handlers):
+            if handler.accepted and handler.version == 5 and not handler.conn.close_expected():
+                with contextlib.suppress(Exception):
+                    handler.conn.send(Disconnect(_RC.SERVER_SHUTTING_DOWN))
+            handler.flush()
+            if handler.transport is not None:
+                handler.transport.close()
+        if self.handlers:
+            self._all_gone = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), self.config.shutdown_timeout)
+        for handler in list(self.handlers):
+            handler.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._closed is not None:
+            self._closed.set()
+        log.info("broker stopped")
+
+    async def _close_listeners(self) -> None:
+        for runtime in self.listeners:
+            if runtime.server is not None:
+                runtime.server.close()
+        for runtime in self.listeners:
+            if runtime.server is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(runtime.server.wait_closed(), 1.0)
+        self.listeners = []
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`stop` has finished."""
+        assert self._closed is not None, "broker not started"
+        await self._closed.wait()
+
+    async def __aenter__(self) -> MqttBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def reload(self, new_config: BrokerConfig) -> list[str]:
+        """Apply what can change at run time; return the settings that need a restart."""
+        old = self.config
+        needs_restart = []
+        if [vars(x) for x in new_config.effective_listeners()] != [
+            vars(x) for x in old.effective_listeners()
+        ]:
+            needs_restart.append("listeners")
+        if new_config.storage != old.storage or new_config.data_dir != old.data_dir:
+            needs_restart.append("storage")
+        keep_listeners = old.listeners
+        self.config = new_config
+        if "listeners" in needs_restart:
+            self.config.listeners = keep_listeners
+        logging.getLogger("mqttv5").setLevel(new_config.log_level.upper())
+        return needs_restart
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a background task owned by the broker."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------------------------------------
+    # handlers and flushing
+
+    def handler_opened(self, handler: ClientHandler) -> None:
+        """A new network connection."""
+        cfg = self.config
+        limit = handler.listener.settings.max_connections
+        if (
+            self._stopping
+            or (0 <= cfg.max_connections <= len(self.handlers))
+            or (0 <= limit <= handler.listener.connections)
+        ):
+            log.info("Refusing connection from %s:%d: too many connections.", *handler.peer)
+            handler.abort()
+            return
+        self.handlers.add(handler)
+        handler.listener.connections += 1
+        self.counters.connections_total += 1
+        log.debug("New connection from %s:%d on %s.", *handler.peer, handler.listener.name)
+
+    def handler_closed(self, handler: ClientHandler) -> None:
+        """The network connection is gone."""
+        if handler in self.handlers:
+            self.handlers.discard(handler)
+            handler.listener.connections -= 1
+        self._dirty.discard(handler)
+        if not self.handlers and self._all_gone is not None:
+            self._all_gone.set()
+
+    def mark_dirty(self, handler: ClientHandler) -> None:
+        """Schedule ``handler``'s output for this tick's flush."""
+        self._dirty.add(handler)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty = self._dirty
+        self._dirty = set()
+        for handler in dirty:
+            handler.flush()
+
+    # ------------------------------------------------------------------------------------------
+    # connecting
+
+    def accept(self, handler: ClientHandler, connect: Connect) -> None:
+        """Attach an authenticated client to its session and send CONNACK."""
+        cfg = self.config
+        conn = handler.conn
+        v5 = connect.protocol_level == 5
+        client_id = connect.client_id
+        assigned = None
+        if not client_id:
+            if not connect.clean_start:
+                # [MQTT-3.1.3-8] an empty ClientID needs Clean Start (3.1.1: identifier rejected)
+                handler.refuse(_RC.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean start")
+                return
+            client_id = assigned = cfg.assigned_client_id_prefix + secrets.token_hex(8)
+        if len(client_id) > cfg.max_client_id_length:
+            handler.refuse(_RC.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+            return
+        handler.client_id = client_id
+        requested = connect.properties.session_expiry_interval or 0
+        if v5:
+            expiry = requested
+            if cfg.max_session_expiry is not None:
+                expiry = min(expiry, cfg.max_session_expiry)
+        else:
+            expiry = 0 if connect.clean_start else EXPIRY_NEVER
+            if expiry and cfg.persistent_client_expiration is not None:
+                expiry = cfg.persistent_client_expiration
+        now = self.loop.time()
+        existing = self.sessions.get(client_id)
+        if existing is not None and existing.handler is not None:
+            self._take_over(existing, now)
+        if connect.clean_start or existing is None:
+            if existing is not None:
+                self.end_session(existing, now)
+            session = self.sessions.create(client_id)
+            present = False
+        else:
+            session = existing
+            present = True
+            session.cancel_will()  # [MQTT-3.1.3-9] reconnected before the Will Delay ended
+        session.generation += 1
+        session.handler = handler
+        session.disconnected_at = None
+        session.version = connect.protocol_level
+        session.expiry_interval = expiry
+        session.username = handler.username
+        session.will = connect.will
+        handler.session = session
+        handler.generation = session.generation
+        conn.inflight = session.inflight
+        conn.session_expiry_interval = expiry
+        props = Properties()
+        if v5:
+            props.receive_maximum = cfg.receive_maximum
+            props.topic_alias_maximum = cfg.topic_alias_maximum
+            props.maximum_packet_size = handler.listener.max_packet_size
+            if cfg.maximum_qos < 2:
+                props.maximum_qos = cfg.maximum_qos
+            if not cfg.retain_available:
+                props.retain_available = 0
+            if not cfg.wildcard_subscriptions:
+                props.wildcard_subscription_available = 0
+            if not cfg.subscription_identifiers:
+                props.subscription_identifier_available = 0
+            if not cfg.shared_subscriptions:
+                props.shared_subscription_available = 0
+            if assigned is not None:
+                props.assigned_client_identifier = assigned  # [MQTT-3.2.2-16]
+            if expiry != requested:
+                props.session_expiry_interval = expiry  # [MQTT-3.2.2-?] the server's choice
+            keep_alive = connect.keep_alive
+            if keep_alive > cfg.max_keepalive or (keep_alive == 0 and cfg.max_keepalive < 65535):
+                props.server_keep_alive = cfg.max_keepalive  # [MQTT-3.2.2-21]
+        else:
+            conn.receive_maximum = cfg.receive_maximum
+            conn.maximum_qos = cfg.maximum_qos
+        conn.send(Connack(_RC.SUCCESS, present, props))  # [MQTT-3.2.2-2] session present
+        handler.accepted = True
+        self.counters.clients_connected += 1
+        self.counters.clients_maximum = max(
+            self.counters.clients_maximum, self.counters.clients_connected
+        )
+        handler.log_connected(connect)
+        if present:
+            handler.resend_inflight()
+            handler.drain_queue()
+        self.mark_dirty(handler)
+
+    def _take_over(self, session: Session, now: float) -> None:
+        old = session.handler
+        assert old is not None
+        log.info("Client %s already connected, closing old connection.", session.client_id)
+        if old.version == 5 and not old.conn.close_expected():
+            with contextlib.suppress(Exception):
+                old.conn.send(Disconnect(_RC.SESSION_TAKEN_OVER))  # [MQTT-3.1.4-3]
+        old.flush()
+        old.abort()  # do not wait for a full send buffer to drain
+        # The old connection ended without DISCONNECT: its Will follows the spec's rules.
+        self._detach(session, old, now, normal=False)
+
+    def connection_finished(self, handler: ClientHandler, event: Closed) -> None:
+        """The connection's MQTT conversation is over (DISCONNECT, error, or network loss)."""
+        session = handler.session
+        if session is None or session.generation != handler.generation:
+            return  # never attached, or taken over: the session is someone else's now
+        normal = event.received == _RC.NORMAL_DISCONNECTION and event.error is None
+        if event.received is not None:
+            session.expiry_interval = handler.conn.session_expiry_interval
+            log.info("Client %s disconnected.", session.client_id)
+        elif event.sent == _RC.KEEP_ALIVE_TIMEOUT:
+            log.info("Client %s has exceeded timeout, disconnecting.", session.client_id)
+        elif event.error is None:
+            log.info("Client %s closed its connection.", session.client_id)
+        self._detach(session, handler, self.loop.time(), normal)
+
+    def _detach(self, session: Session, handler: ClientHandler, now: float, normal: bool) -> None:
+        if session.handler is not handler:
+            return
+        handler.session = None
+        handler.accepted = False
+        session.handler = None
+        session.disconnected_at = now
+        self.counters.clients_connected -= 1
+        if normal:
+            session.cancel_will()  # [MQTT-3.1.2-10] a normal DISCONNECT discards the Will
+        if session.expiry_interval == 0:
+            self.end_session(session, now)  # the Will (if any) goes now: the session ended
+            return
+        will = session.will
+        if will is not None:
+            delay = will.properties.will_delay_interval or 0
+            if session.expiry_interval != EXPIRY_NEVER:
+                delay = min(delay, session.expiry_interval)
+            if delay <= 0:
+                session.will = None
+                self.publish_will(will, session.client_id, now)
+            else:
+                session.will_handle = self.loop.call_later(delay, self._will_due, session)
+
+    def _will_due(self, session: Session) -> None:
+        session.will_handle = None
+        will, session.will = session.will, None
+        if will is not None and session.handler is None:
+            self.publish_will(will, session.client_id, self.loop.time())
+
+    def end_session(self, session: Session, now: float) -> None:
+        """End a session: publish its pending Will, drop its subscriptions, and hand its
+        unacknowledged shared-subscription messages to other members of their groups."""
+        self.sessions.remove(session)
+        will = session.will
+        session.cancel_will()
+        self.router.remove_session(session)
+        pending = [e.item for e in session.inflight.out.values() if not e.released]
+        pending.extend(session.queue)
+        session.queue.clear()
+        session.inflight.out.clear()
+        for delivery in pending:
+            if isinstance(delivery, Delivery) and delivery.group is not None:
+                self.router.deliver_shared(delivery.message, delivery.group, session)
+        if will is not None:
+            self.publish_will(will, session.client_id, now)
+
+    def publish_will(self, will: Will, client_id: str, now: float) -> None:
+        """Publish a Will Message (section 3.1.3.2)."""
+        raw = strip_properties(will.properties.encode(), _WILL_DROP)
+        expiry = will.properties.message_expiry_interval
+        message = BrokerMessage(
+            will.topic,
+            will.payload,
+            will.qos,
+            will.retain,
+            raw,
+            now + expiry if expiry is not None else None,
+            client_id,
+            now,
+            will.properties.payload_format_indicator,
+        )
+        log.debug("Publishing will of %s on %s.", client_id, will.topic)
+        if will.retain and self.config.retain_available:
+            self.router.retained.set(message)
+        self.router.route(message)
+
+    # ------------------------------------------------------------------------------------------
+    # delivery
+
+    def _deliver(self, session: Session, delivery: Delivery) -> None:
+        handler = session.handler
+        if handler is not None and handler.accepted:
+            handler.deliver(delivery, self.loop.time())
+            self.mark_dirty(handler)
+        elif delivery.qos:
+            self.enqueue(session, delivery)
+        # QoS 0 to an offline session is not queued (Mosquitto's queue_qos0_messages false)
+
+    def enqueue(self, session: Session, delivery: Delivery) -> None:
+        """Queue a QoS 1/2 delivery in the session, honouring the queue limits."""
+        cfg = self.config
+        queue = session.queue
+        size = len(delivery.message.payload)
+        full = len(queue) >= cfg.max_queued_messages > 0 or (
+            cfg.max_queued_bytes > 0 and session.queued_bytes + size > cfg.max_queued_bytes
+        )
+        if full:
+            self.counters.dropped_queue_full += 1
+            if cfg.queue_overflow != "drop_oldest" or not queue:
+                return
+            dropped = queue.popleft()
+            session.queued_bytes -= len(dropped.message.payload)
+        queue.append(delivery)
+        session.queued_bytes += size
+
+    def send_retained(
+        self, handler: ClientHandler, entry: SubEntry, is_new: bool, now: float
+    ) -> None:
+        """Send the retained messages matching a new subscription, per its Retain Handling."""
+        if entry.group is not None:
+            return  # retained messages are not sent for shared subscriptions [MQTT-3.8.4-?]
+        if entry.retain_handling == 2 or (entry.retain_handling == 1 and not is_new):
+            return  # [MQTT-3.3.1-10] [MQTT-3.3.1-11]
+        sub_ids = (entry.sub_id,) if entry.sub_id else ()
+        for message in self.router.retained.match_now(entry.match_filter, now):
+            qos = min(message.qos, entry.qos)
+            # [MQTT-3.3.1-9] retained messages sent on subscribe carry RETAIN 1
+            handler.deliver(Delivery(message, qos, True, sub_ids), now)
+
+    # ------------------------------------------------------------------------------------------
+    # background
+
+    async def _sweep(self) -> None:
+        """One periodic pass over connections and sessions: CONNECT timeout, keep-alive
+        (1.5 x Keep Alive [MQTT-3.1.2-22]), session expiry, retained expiry."""
+        interval = self.config.keepalive_sweep_interval
+        while True:
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            timeout = self.config.connect_timeout
+            for handler in list(self.handlers):
+                conn = handler.conn
+                if not handler.accepted:
+                    if now - handler.created_at > timeout and handler.session is None:
+                        if not handler.closing:
+                            log.info("Client %s:%d did not CONNECT in time.", *handler.peer)
+                        handler.abort()
+                    continue
+                if conn.keep_alive and now >= conn.keep_alive_deadline():
+                    conn.handle_timer(now)
+                    for event in conn.events_received():
+                        if isinstance(event, Closed):
+                            handler._on_closed(event)
+                    self.mark_dirty(handler)
+            for session in self.sessions:
+                if session.handler is None and session.disconnected_at is not None:
+                    exp = session.expiry_interval
+                    if exp != EXPIRY_NEVER and now >= session.disconnected_at + exp:
+                        log.debug("Session %s expired.", session.client_id)
+                        self.end_session(session, now)
+            self.router.retained.purge_expired(now)

@@ -1,0 +1,437 @@
+"""``ClientHandler``: one network connection's glue between the transport and the broker.
+
+An ``asyncio.Protocol``: ``data_received`` feeds the sans-I/O :class:`Connection`, handles every
+packet it yields with direct calls into the broker, router and session, and marks the handler
+dirty; the broker flushes the output of every dirty handler once per loop tick with one
+``writelines`` each. A task is created only where something must be awaited (an authenticator
+that answers with an awaitable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mqttv5.protocol.connection import SERVER, Closed, Connection, Event
+from mqttv5.protocol.errors import ProtocolError
+from mqttv5.protocol.packets import (
+    Auth,
+    Connect,
+    Disconnect,
+    Pingreq,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+)
+from mqttv5.protocol.properties import Properties
+from mqttv5.protocol.reason_codes import ReasonCode
+from mqttv5.protocol.topics import parse_shared, validate_topic_filter
+
+from .auth import AuthRequest, AuthResult
+from .message import BrokerMessage, Delivery
+from .sessions import Session, SubEntry
+
+if TYPE_CHECKING:
+    from .broker import ListenerRuntime, MqttBroker
+
+__all__ = ["ClientHandler"]
+
+log = logging.getLogger("mqttv5.broker")
+_RC = ReasonCode
+_PROTO_TAG = {3: "p1", 4: "p2", 5: "p5"}
+
+
+class ClientHandler(asyncio.Protocol):
+    """The broker side of one client connection."""
+
+    def __init__(self, broker: MqttBroker, listener: ListenerRuntime) -> None:
+        self.broker = broker
+        self.listener = listener
+        self.loop = broker.loop
+        now = self.loop.time()
+        self.created_at = now
+        self.conn = Connection(SERVER, max_packet_size=listener.max_packet_size, now=now)
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.generation = -1
+        self.client_id = ""
+        self.username: str | None = None
+        self.version = 5
+        self.accepted = False  # CONNACK success sent and session attached
+        self.paused = False
+        self.closing = False
+        self.peer: tuple[str, int] = ("?", 0)
+        self._held: list[Event] | None = None
+        self._dispatch: dict[type, Callable[[Any], None]] = {
+            Publish: self._on_publish,
+            PubAck: self._on_ack_out,
+            PubComp: self._on_ack_out,
+            PubRec: self._on_pubrec,
+            PubRel: _ignore,
+            Subscribe: self._on_subscribe,
+            Unsubscribe: self._on_unsubscribe,
+            Pingreq: _ignore,
+            Disconnect: _ignore,
+            Connect: self._on_connect,
+            Auth: self._on_auth,
+            Closed: self._on_closed,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Set TCP_NODELAY and the write-buffer limits; register with the broker."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
+        high = self.broker.config.outbound_high_water
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+        self.broker.handler_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Decode and handle every complete packet in ``data``."""
+        broker = self.broker
+        broker.counters.bytes_received += len(data)
+        conn = self.conn
+        conn.receive_data(data, self.loop.time())
+        events = conn.events_received()
+        if events:
+            held = self._held
+            if held is not None:
+                held.extend(events)
+            else:
+                dispatch = self._dispatch
+                for event in events:
+                    dispatch[type(event)](event)
+                    if self._held is not None:  # an authenticator went async: hold the rest
+                        rest = events[events.index(event) + 1 :]
+                        self._held.extend(rest)
+                        break
+        broker.mark_dirty(self)
+
+    def eof_received(self) -> bool | None:
+        """The peer half-closed: treat as a close."""
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The transport is gone: finish the connection (will, session expiry)."""
+        self.conn.receive_eof()
+        for event in self.conn.events_received():
+            if isinstance(event, Closed):
+                self._on_closed(event)
+        self.broker.handler_closed(self)
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        """The socket's send buffer is above the high-water mark: a slow consumer."""
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        """The send buffer drained: send what waited in the session queue."""
+        self.paused = False
+        self.drain_queue()
+        self.broker.mark_dirty(self)
+
+    # ------------------------------------------------------------------------------------------
+    # output
+
+    def flush(self) -> None:
+        """Write everything the connection has queued, in one ``writelines``."""
+        transport = self.transport
+        data = self.conn.data_to_send()
+        if transport is None:
+            return
+        if data:
+            transport.writelines(data)
+            self.broker.counters.bytes_sent += sum(map(len, data))
+        if self.conn.close_expected() and not self.closing:
+            self.closing = True
+            transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once, without draining (session takeover, shutdown)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def deliver(self, delivery: Delivery, now: float) -> None:
+        """Send one delivery now, or queue it in the session (QoS 1/2) or drop it (QoS 0)."""
+        message = delivery.message
+        if message.expiry_at is not None and now >= message.expiry_at:
+            self.broker.counters.dropped_expired += 1
+            return
+        if not delivery.qos:
+            if self.paused:
+                self.broker.counters.dropped_slow_consumer += 1
+                return
+            alias, known = self._alias(message.topic)
+            data = message.encode(
+                self.version, 0, delivery.retain, None, delivery.sub_ids, now, alias, known
+            )
+            if self.conn.send_publish(data, None, 0, None):
+                self.broker.counters.publish_sent += 1
+            else:
+                self.broker.counters.dropped_too_large += 1
+            return
+        session = self.session
+        assert session is not None
+        if session.queue or self.paused or self.conn.send_quota <= 0:
+            self.broker.enqueue(session, delivery)
+            return
+        self._send_qos(delivery, now)
+
+    def _alias(self, topic: str) -> tuple[int | None, bool]:
+        if self.conn.peer_topic_alias_maximum and self.version == 5:
+            return self.conn.outbound_alias(topic)
+        return None, False
+
+    def _send_qos(self, delivery: Delivery, now: float) -> None:
+        conn = self.conn
+        pid = conn.next_packet_id()
+        alias, known = self._alias(delivery.message.topic)
+        data = delivery.message.encode(
+            self.version, delivery.qos, delivery.retain, pid, delivery.sub_ids, now, alias, known
+        )
+        if conn.send_publish(data, pid, delivery.qos, delivery):
+            self.broker.counters.publish_sent += 1
+        else:
+            # [MQTT-3.1.2-25] too large for this client: discarded, as if delivered
+            self.broker.counters.dropped_too_large += 1
+
+    def drain_queue(self) -> None:
+        """Send queued QoS 1/2 deliveries while the client's Receive Maximum allows."""
+        session = self.session
+        if session is None or not self.accepted:
+            return
+        queue = session.queue
+        conn = self.conn
+        now = self.loop.time()
+        while queue and not self.paused and conn.send_quota > 0:
+            delivery = queue.popleft()
+            session.queued_bytes -= len(delivery.message.payload)
+            if delivery.message.expired(now):
+                self.broker.counters.dropped_expired += 1  # [MQTT-3.3.2-5]
+                continue
+            self._send_qos(delivery, now)
+
+    def resend_inflight(self) -> None:
+        """Retransmit the session's unacknowledged messages after a resume [MQTT-4.4.0-1]."""
+        now = self.loop.time()
+        version = self.version
+
+        def encode(entry: Any) -> bytes:
+            d = entry.item
+            assert isinstance(d, Delivery)
+            return d.message.encode(
+                version, d.qos, d.retain, entry.packet_id, d.sub_ids, now, dup=True
+            )
+
+        self.conn.resend_inflight(encode)
+
+    # ------------------------------------------------------------------------------------------
+    # packets
+
+    def _on_connect(self, packet: Connect) -> None:
+        self.version = packet.protocol_level
+        self.client_id = packet.client_id
+        request = AuthRequest(
+            packet, self.peer[0], self.peer[1], self.listener.name, self.listener.is_loopback
+        )
+        result = self.listener.authenticator.authenticate(request)
+        if isinstance(result, AuthResult):
+            self._finish_connect(packet, result)
+            return
+        self._held = []
+
+        async def wait() -> None:
+            try:
+                answer = await result
+            except Exception:
+                log.exception("authenticator failed for %s", packet.client_id)
+                answer = AuthResult(_RC.UNSPECIFIED_ERROR)
+            held, self._held = self._held or [], None
+            if self.transport is None:
+                return
+            self._finish_connect(packet, answer)
+            for event in held:
+                self._dispatch[type(event)](event)
+            self.broker.mark_dirty(self)
+
+        self.broker.spawn(wait())
+
+    def _finish_connect(self, packet: Connect, result: AuthResult) -> None:
+        if result.reason_code.is_error:
+            self.broker.counters.auth_failures += 1
+            log.info(
+                "Client %s from %s:%d refused: %s.",
+                packet.client_id or "<empty>",
+                *self.peer,
+                result.reason_code.text,
+            )
+            self.refuse(result.reason_code, result.reason_string)
+            return
+        self.username = result.username
+        self.broker.accept(self, packet)
+
+    def refuse(self, code: ReasonCode, reason: str | None = None) -> None:
+        """Answer CONNECT with a refusing CONNACK and close."""
+        from mqttv5.protocol.packets import Connack
+
+        props = Properties(reason_string=reason) if reason and self.version == 5 else Properties()
+        self.conn.send(Connack(code, False, props))
+        self.broker.mark_dirty(self)
+
+    def log_connected(self, packet: Connect) -> None:
+        """Log as Mosquitto does when a client is accepted."""
+        user = f", u'{packet.username}'" if packet.username is not None else ""
+        log.info(
+            "New client connected from %s:%d as %s (%s, c%d, k%d%s).",
+            self.peer[0],
+            self.peer[1],
+            self.client_id,
+            _PROTO_TAG.get(packet.protocol_level, "p?"),
+            int(packet.clean_start),
+            self.conn.keep_alive,
+            user,
+        )
+
+    def _on_publish(self, packet: Publish) -> None:
+        broker = self.broker
+        counters = broker.counters
+        counters.publish_received += 1
+        counters.messages_received += 1
+        topic = packet.topic
+        qos = packet.qos
+        code = _RC.SUCCESS
+        if topic[:1] == "$":
+            # Clients may not publish to topics the broker reserves ($SYS) [MQTT-4.7.2-1 note]
+            code = _RC.NOT_AUTHORIZED if topic.startswith("$SYS") else code
+            if topic.startswith("$share/"):
+                code = _RC.TOPIC_NAME_INVALID
+        if topic.count("/") >= broker.config.max_topic_levels:
+            self.conn.fail(_RC.TOPIC_NAME_INVALID, "too many topic levels")
+            return
+        if packet.payload_format_indicator == 1 and code == _RC.SUCCESS:
+            try:
+                packet.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                code = _RC.PAYLOAD_FORMAT_INVALID  # [MQTT-3.3.2-4] receiver may check
+                if not qos:
+                    self.conn.fail(code, "payload is not valid UTF-8")
+                    return
+        if code == _RC.SUCCESS:
+            message = BrokerMessage.from_publish(packet, self.client_id, self.loop.time())
+            if packet.retain and broker.config.retain_available:
+                broker.router.retained.set(message)
+            if not broker.router.route(message) and qos:
+                code = _RC.NO_MATCHING_SUBSCRIBERS
+        if qos:
+            assert packet.packet_id is not None
+            if self.version != 5 and code.is_error:
+                code = _RC.SUCCESS  # 3.1.1 has no way to refuse a PUBLISH: drop it silently
+            self.conn.ack(packet.packet_id, code)
+
+    def _on_ack_out(self, packet: PubAck | PubComp) -> None:
+        self.broker.counters.messages_sent += 1
+        if self.session is not None and self.session.queue:
+            self.drain_queue()
+
+    def _on_pubrec(self, packet: PubRec) -> None:
+        if packet.reason_code.is_error:
+            self._on_ack_out(packet)  # type: ignore[arg-type]
+
+    def _on_subscribe(self, packet: Subscribe) -> None:
+        session = self.session
+        if session is None:
+            return
+        cfg = self.broker.config
+        sub_id = packet.properties.subscription_identifiers
+        if sub_id and not cfg.subscription_identifiers:
+            self.conn.fail(_RC.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+            return
+        sid = sub_id[0] if sub_id else None
+        codes: list[ReasonCode] = []
+        retained: list[tuple[SubEntry, bool]] = []
+        for sub in packet.subscriptions:
+            code, entry = self._check_subscription(session, sub.topic_filter, sub.qos)
+            if entry is None:
+                codes.append(code)
+                continue
+            entry.no_local = sub.no_local
+            entry.retain_as_published = sub.retain_as_published
+            entry.retain_handling = sub.retain_handling
+            entry.sub_id = sid
+            is_new = self.broker.router.subscribe(session, entry)
+            codes.append(code)
+            retained.append((entry, is_new))
+        self.conn.send(Suback(packet.packet_id, codes))
+        now = self.loop.time()
+        for entry, is_new in retained:
+            self.broker.send_retained(self, entry, is_new, now)
+
+    def _check_subscription(
+        self, session: Session, topic_filter: str, qos: int
+    ) -> tuple[ReasonCode, SubEntry | None]:
+        cfg = self.broker.config
+        try:
+            validate_topic_filter(topic_filter, cfg.max_topic_levels)
+            group, inner = parse_shared(topic_filter, cfg.max_topic_levels)
+        except ProtocolError:
+            return _RC.TOPIC_FILTER_INVALID, None
+        if group is not None and not cfg.shared_subscriptions:
+            return _RC.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, None
+        if not cfg.wildcard_subscriptions and ("+" in inner or "#" in inner):
+            return _RC.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED, None
+        if (
+            cfg.max_subscriptions
+            and topic_filter not in session.subscriptions
+            and len(session.subscriptions) >= cfg.max_subscriptions
+        ):
+            return _RC.QUOTA_EXCEEDED, None
+        granted = min(qos, cfg.maximum_qos)
+        return ReasonCode(granted), SubEntry(topic_filter, inner, group, granted)
+
+    def _on_unsubscribe(self, packet: Unsubscribe) -> None:
+        session = self.session
+        if session is None:
+            return
+        router = self.broker.router
+        codes = [
+            _RC.SUCCESS if router.unsubscribe(session, f) else _RC.NO_SUBSCRIPTION_EXISTED
+            for f in packet.topic_filters
+        ]
+        self.conn.send(Unsuback(packet.packet_id, codes))
+
+    def _on_auth(self, packet: Auth) -> None:
+        # Enhanced authentication is plumbed to the authenticator with the security work; until
+        # then an AUTH packet names a method nobody offered.
+        self.conn.fail(_RC.BAD_AUTHENTICATION_METHOD, "enhanced authentication not configured")
+
+    def _on_closed(self, event: Closed) -> None:
+        if event.error is not None:
+            self.broker.counters.protocol_errors += 1
+            log.info(
+                "Client %s disconnected due to protocol error: %s.",
+                self.client_id or f"<unknown> {self.peer[0]}:{self.peer[1]}",
+                event.error.message,
+            )
+        self.broker.connection_finished(self, event)
+
+
+def _ignore(_packet: object) -> None:
+    return None
