@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from typing import Any, TypeVar
 
 from mqttv5.protocol.packets import (
@@ -63,8 +64,17 @@ class RawClient:
         OPEN.append(self)
 
     @classmethod
-    async def open(cls, port: int, host: str = "127.0.0.1", version: int = 5) -> RawClient:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def open(
+        cls, port: int, host: str = "127.0.0.1", version: int = 5, rcvbuf: int | None = None
+    ) -> RawClient:
+        if rcvbuf is None:
+            reader, writer = await asyncio.open_connection(host, port)
+            return cls(reader, writer, version)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # a slow reader, for tests
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        reader, writer = await asyncio.open_connection(sock=sock)
         return cls(reader, writer, version)
 
     @classmethod
@@ -141,7 +151,9 @@ class RawClient:
                 got.append(await self.recv(wait))
         return got
 
-    async def subscribe(self, *filters: str, qos: int = 0, packet_id: int = 1, **opts: Any) -> Suback:
+    async def subscribe(
+        self, *filters: str, qos: int = 0, packet_id: int = 1, **opts: Any
+    ) -> Suback:
         props = opts.pop("properties", None) or Properties()
         subs = [Subscription(f, qos, **opts) for f in filters]
         self.send(Subscribe(packet_id, subs, props))

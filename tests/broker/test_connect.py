@@ -79,7 +79,9 @@ class TestConnack:
             async with started_broker() as b:
                 c = await RawClient.open(b.ports[0], version=4)
                 # protocol level 6: refused with a 3.1.1-format CONNACK, return code 1
-                c.send_bytes(bytes.fromhex("100d0004") + b"MQTT" + bytes.fromhex("0602003c0001") + b"x")
+                c.send_bytes(
+                    bytes.fromhex("100d0004") + b"MQTT" + bytes.fromhex("0602003c0001") + b"x"
+                )
                 packets = await c.closed()
                 assert len(packets) == 1
                 assert isinstance(packets[0], Connack)
@@ -203,7 +205,10 @@ class TestTakeover:
                 )
                 await old.subscribe("t/#", qos=1)
                 new = await RawClient.connect(
-                    port, "same", clean_start=False, properties=Properties(session_expiry_interval=60)
+                    port,
+                    "same",
+                    clean_start=False,
+                    properties=Properties(session_expiry_interval=60),
                 )
                 assert new.connack.session_present is True
                 packets = await old.closed(wait=1)
