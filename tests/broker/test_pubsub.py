@@ -10,9 +10,9 @@ from mqttv5.protocol.packets import (
     Disconnect,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
-    Publish,
     Unsuback,
     Unsubscribe,
 )
