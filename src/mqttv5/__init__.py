@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .client import ConnectOptions, Message, MqttClient, Will
 from .protocol.constants import QoS, RetainHandling
 from .protocol.errors import (
     ConfigError,
@@ -20,10 +21,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "ConnectOptions",
     "ConnectRefused",
     "ConnectionClosed",
     "InvalidState",
     "LocalProtocolError",
+    "Message",
+    "MqttClient",
     "MqttError",
     "Properties",
     "ProtocolError",
@@ -31,5 +35,6 @@ __all__ = [
     "ReasonCode",
     "RemoteProtocolError",
     "RetainHandling",
+    "Will",
     "__version__",
 ]

@@ -349,6 +349,9 @@ class MqttBroker:
         handler.generation = session.generation
         conn.inflight = session.inflight
         conn.session_expiry_interval = expiry
+        if cfg.max_inflight_messages > 0:
+            # Mosquitto's max_inflight_messages caps what the client's Receive Maximum allows
+            conn.peer_receive_maximum = min(conn.peer_receive_maximum, cfg.max_inflight_messages)
         props = Properties()
         if v5:
             props.receive_maximum = cfg.receive_maximum

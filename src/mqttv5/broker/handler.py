@@ -71,6 +71,7 @@ class ClientHandler(asyncio.Protocol):
         self.paused = False
         self.closing = False
         self.peer: tuple[str, int] = ("?", 0)
+        self.mount = listener.settings.mount_point
         self._held: list[Event] | None = None
         self._dispatch: dict[type, Callable[[Any], None]] = {
             Publish: self._on_publish,
@@ -181,12 +182,16 @@ class ClientHandler(asyncio.Protocol):
             if self.paused:
                 self.broker.counters.dropped_slow_consumer += 1
                 return
-            alias, known = self._alias(message.topic)
+            topic = message.topic[len(self.mount) :] if self.mount else None
+            alias, known = self._alias(topic or message.topic)
             data = message.encode(
-                self.version, 0, delivery.retain, None, delivery.sub_ids, now, alias, known
-            )
+                self.version, 0, delivery.retain, None, delivery.sub_ids, now, alias, known,
+                topic=topic,
+            )  # fmt: skip
             if self.conn.send_publish(data, None, 0, None):
                 self.broker.counters.publish_sent += 1
+                if alias is not None and not known:
+                    self.conn.record_alias(topic or message.topic, alias)
             else:
                 self.broker.counters.dropped_too_large += 1
             return
@@ -205,12 +210,17 @@ class ClientHandler(asyncio.Protocol):
     def _send_qos(self, delivery: Delivery, now: float) -> None:
         conn = self.conn
         pid = conn.next_packet_id()
-        alias, known = self._alias(delivery.message.topic)
-        data = delivery.message.encode(
-            self.version, delivery.qos, delivery.retain, pid, delivery.sub_ids, now, alias, known
-        )
+        message = delivery.message
+        topic = message.topic[len(self.mount) :] if self.mount else None
+        alias, known = self._alias(topic or message.topic)
+        data = message.encode(
+            self.version, delivery.qos, delivery.retain, pid, delivery.sub_ids, now, alias, known,
+            topic=topic,
+        )  # fmt: skip
         if conn.send_publish(data, pid, delivery.qos, delivery):
             self.broker.counters.publish_sent += 1
+            if alias is not None and not known:
+                conn.record_alias(topic or message.topic, alias)
         else:
             # [MQTT-3.1.2-25] too large for this client: discarded, as if delivered
             self.broker.counters.dropped_too_large += 1
@@ -235,12 +245,14 @@ class ClientHandler(asyncio.Protocol):
         """Retransmit the session's unacknowledged messages after a resume [MQTT-4.4.0-1]."""
         now = self.loop.time()
         version = self.version
+        mount = self.mount
 
         def encode(entry: Any) -> bytes:
             d = entry.item
             assert isinstance(d, Delivery)
+            topic = d.message.topic[len(mount) :] if mount else None
             return d.message.encode(
-                version, d.qos, d.retain, entry.packet_id, d.sub_ids, now, dup=True
+                version, d.qos, d.retain, entry.packet_id, d.sub_ids, now, dup=True, topic=topic
             )
 
         self.conn.resend_inflight(encode)
@@ -251,6 +263,11 @@ class ClientHandler(asyncio.Protocol):
     def _on_connect(self, packet: Connect) -> None:
         self.version = packet.protocol_level
         self.client_id = packet.client_id
+        if packet.protocol_level not in self.listener.settings.protocol_versions:
+            self.refuse(_RC.UNSUPPORTED_PROTOCOL_VERSION, "protocol version not enabled here")
+            return
+        if self.mount and packet.will is not None:
+            packet.will.topic = self.mount + packet.will.topic
         request = AuthRequest(
             packet, self.peer[0], self.peer[1], self.listener.name, self.listener.is_loopback
         )
@@ -317,8 +334,8 @@ class ClientHandler(asyncio.Protocol):
         counters = broker.counters
         counters.publish_received += 1
         counters.messages_received += 1
-        topic = packet.topic
         qos = packet.qos
+        topic = packet.topic
         code = _RC.SUCCESS
         if topic[:1] == "$":
             # Clients may not publish to topics the broker reserves ($SYS) [MQTT-4.7.2-1 note]
@@ -337,6 +354,8 @@ class ClientHandler(asyncio.Protocol):
                     self.conn.fail(code, "payload is not valid UTF-8")
                     return
         if code == _RC.SUCCESS:
+            if self.mount:
+                packet.topic = self.mount + topic  # Mosquitto's mount_point
             message = BrokerMessage.from_publish(packet, self.client_id, self.loop.time())
             if packet.retain and broker.config.retain_available:
                 broker.router.retained.set(message)
@@ -406,7 +425,7 @@ class ClientHandler(asyncio.Protocol):
         ):
             return _RC.QUOTA_EXCEEDED, None
         granted = min(qos, cfg.maximum_qos)
-        return ReasonCode(granted), SubEntry(topic_filter, inner, group, granted)
+        return ReasonCode(granted), SubEntry(topic_filter, self.mount + inner, group, granted)
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         session = self.session

@@ -140,6 +140,7 @@ class BrokerMessage:
         alias: int | None = None,
         alias_known: bool = False,
         dup: bool = False,
+        topic: str | None = None,
     ) -> bytes:
         """The PUBLISH bytes for one delivery.
 
@@ -153,9 +154,10 @@ class BrokerMessage:
             alias: an outbound Topic Alias, or None.
             alias_known: the subscriber already has the alias: send an empty topic name.
             dup: the DUP flag (retransmission).
+            topic: a different topic name to send (a listener's mount point removed).
         """
         expiry = None if self.expiry_at is None else max(0, math.ceil(self.expiry_at - now))
-        simple = expiry is None and alias is None and not sub_ids and not dup
+        simple = expiry is None and alias is None and not sub_ids and not dup and topic is None
         if simple and not qos:
             key = version << 1 | retain
             cached = self._cache.get(key)
@@ -172,7 +174,13 @@ class BrokerMessage:
                 tail = self._props_block(sub_ids, expiry, alias) + self.payload
         else:
             tail = self.payload
-        topic_field = b"\x00\x00" if alias_known else self.topic_field
+        if alias_known:
+            topic_field = b"\x00\x00"
+        elif topic is not None:
+            tb = topic.encode("utf-8")
+            topic_field = len(tb).to_bytes(2, "big") + tb
+        else:
+            topic_field = self.topic_field
         first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
         if qos:
             assert packet_id is not None

@@ -194,6 +194,7 @@ class Connection:
         self._out: list[bytes] = []
         self.closed_event: Closed | None = None
         self._connect_seen = False
+        self._sent_clean_start = False
         self._eof = False
         # What we accept (advertised in our CONNECT or CONNACK).
         self.receive_maximum = 65535
@@ -336,6 +337,9 @@ class Connection:
             self._events.append(packet)
             self._close(Closed(received=packet.reason_code, reason_string=_rs(packet.properties)))
             return
+        if packet.session_present and self._sent_clean_start:
+            # [MQTT-3.2.2-4] we asked for a new session: a server claiming one is broken
+            raise RemoteProtocolError(_RC.PROTOCOL_ERROR, "session present after clean start")
         props = packet.properties
         if props.receive_maximum is not None:
             self.peer_receive_maximum = props.receive_maximum
@@ -575,6 +579,7 @@ class Connection:
             raise LocalProtocolError(_RC.PROTOCOL_ERROR, "server cannot send CONNECT")
         self.version = self._decoder.version = packet.protocol_level
         self.keep_alive = packet.keep_alive
+        self._sent_clean_start = packet.clean_start
         props = packet.properties
         if props.receive_maximum is not None:
             self.receive_maximum = props.receive_maximum
@@ -740,15 +745,19 @@ class Connection:
         Returns:
             ``(alias, known)``: ``alias`` is None when the peer allows no (more) aliases;
             ``known`` is True when the peer already has the mapping (send an empty topic name).
+            A new alias is not remembered until :meth:`record_alias`.
         """
         alias = self._out_aliases.get(topic)
         if alias is not None:
             return alias, True
         if len(self._out_aliases) >= self.peer_topic_alias_maximum:
             return None, False
-        alias = len(self._out_aliases) + 1
+        return len(self._out_aliases) + 1, False
+
+    def record_alias(self, topic: str, alias: int) -> None:
+        """Remember that a PUBLISH carrying ``topic`` and a new ``alias`` was sent (call it only
+        once the packet was accepted, so a discarded packet leaves no stale mapping)."""
         self._out_aliases[topic] = alias
-        return alias, False
 
     # -----------------------------------------------------------------------------------------
     # closing and timers
@@ -795,7 +804,7 @@ class Connection:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next be called, or None."""
-        if self.state is CLOSED or not self.keep_alive:
+        if self.state is not CONNECTED or not self.keep_alive:
             return None
         if self.role is SERVER:
             return self.keep_alive_deadline()

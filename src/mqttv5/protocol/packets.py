@@ -328,6 +328,19 @@ class Publish:
         "topic_alias",
     )
 
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool
+    packet_id: int | None
+    props_raw: bytes
+    topic_alias: int | None
+    message_expiry_interval: int | None
+    payload_format_indicator: int | None
+    subscription_identifiers: list[int]
+    _properties: Properties | None
+
     def __init__(
         self,
         topic: str,
@@ -344,11 +357,20 @@ class Publish:
         self.retain = retain
         self.dup = dup
         self.packet_id = packet_id
-        self.set_properties(properties if properties is not None else Properties())
+        if properties is None:
+            # no properties: nothing to encode (the common case on the hot path)
+            self._properties = None
+            self.props_raw = b""
+            self.topic_alias = None
+            self.message_expiry_interval = None
+            self.payload_format_indicator = None
+            self.subscription_identifiers = []
+        else:
+            self.set_properties(properties)
 
     def set_properties(self, properties: Properties) -> None:
         """Replace the properties (re-encodes ``props_raw``)."""
-        self._properties: Properties | None = properties
+        self._properties = properties
         self.props_raw = encode_properties(properties)
         self.topic_alias = properties.topic_alias
         self.message_expiry_interval = properties.message_expiry_interval
