@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from mqttv5.protocol.connection import Closed
+from mqttv5.protocol.errors import ConfigError
 from mqttv5.protocol.packets import Connack, Connect, Disconnect, Will
 from mqttv5.protocol.properties import Properties, strip_properties
 from mqttv5.protocol.reason_codes import ReasonCode
@@ -35,6 +36,7 @@ from .message import BrokerMessage, Delivery
 from .metrics import Counters
 from .router import Router
 from .sessions import EXPIRY_NEVER, Session, SessionRegistry, SubEntry
+from .storage import MemoryStore, SessionStore, StoredSession
 from .sys_topics import SysPublisher
 
 __all__ = ["ListenerRuntime", "MqttBroker"]
@@ -73,8 +75,11 @@ class MqttBroker:
         config: the broker configuration (defaults: TCP 1883 on loopback, anonymous access).
     """
 
-    def __init__(self, config: BrokerConfig | None = None) -> None:
+    def __init__(
+        self, config: BrokerConfig | None = None, store: SessionStore | None = None
+    ) -> None:
         self.config = config if config is not None else BrokerConfig()
+        self.store: SessionStore = store if store is not None else self._make_store()
         self.counters = Counters()
         self.sessions = SessionRegistry()
         self.router = Router(self._deliver)
@@ -89,6 +94,15 @@ class MqttBroker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sys: SysPublisher | None = None
         self._all_gone: asyncio.Event | None = None
+
+    def _make_store(self) -> SessionStore:
+        if self.config.storage == "memory":
+            return MemoryStore()
+        raise ConfigError(
+            "storage",
+            f"storage {self.config.storage!r} is not available in this version; "
+            'use storage = "memory"',
+        )
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -196,6 +210,7 @@ class MqttBroker:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.store.close()
         if self._closed is not None:
             self._closed.set()
         log.info("broker stopped")
@@ -377,6 +392,8 @@ class MqttBroker:
         else:
             conn.receive_maximum = cfg.receive_maximum
             conn.maximum_qos = cfg.maximum_qos
+        if expiry:
+            self.store.save_session(self._stored(session))
         conn.send(Connack(_RC.SUCCESS, present, props))  # [MQTT-3.2.2-2] session present
         handler.accepted = True
         self.counters.clients_connected += 1
@@ -388,6 +405,12 @@ class MqttBroker:
             handler.resend_inflight()
             handler.drain_queue()
         self.mark_dirty(handler)
+
+    @staticmethod
+    def _stored(session: Session) -> StoredSession:
+        return StoredSession(
+            session.client_id, session.expiry_interval, session.disconnected_at, session.will
+        )
 
     def _take_over(self, session: Session, now: float) -> None:
         old = session.handler
@@ -429,6 +452,7 @@ class MqttBroker:
         if session.expiry_interval == 0:
             self.end_session(session, now)  # the Will (if any) goes now: the session ended
             return
+        self.store.save_session(self._stored(session))
         will = session.will
         if will is not None:
             delay = will.properties.will_delay_interval or 0
@@ -450,6 +474,8 @@ class MqttBroker:
         """End a session: publish its pending Will, drop its subscriptions, and hand its
         unacknowledged shared-subscription messages to other members of their groups."""
         self.sessions.remove(session)
+        if session.expiry_interval:
+            self.store.delete_session(session.client_id)
         will = session.will
         session.cancel_will()
         self.router.remove_session(session)
@@ -480,8 +506,13 @@ class MqttBroker:
         )
         log.debug("Publishing will of %s on %s.", client_id, will.topic)
         if will.retain and self.config.retain_available:
-            self.router.retained.set(message)
+            self.set_retained(message)
         self.router.route(message)
+
+    def set_retained(self, message: BrokerMessage) -> None:
+        """Store, replace or clear a retained message, in memory and in the store."""
+        self.router.retained.set(message)
+        self.store.save_retained(message)
 
     # ------------------------------------------------------------------------------------------
     # delivery

@@ -358,7 +358,7 @@ class ClientHandler(asyncio.Protocol):
                 packet.topic = self.mount + topic  # Mosquitto's mount_point
             message = BrokerMessage.from_publish(packet, self.client_id, self.loop.time())
             if packet.retain and broker.config.retain_available:
-                broker.router.retained.set(message)
+                broker.set_retained(message)
             if not broker.router.route(message) and qos:
                 code = _RC.NO_MATCHING_SUBSCRIBERS
         if qos:
@@ -398,6 +398,8 @@ class ClientHandler(asyncio.Protocol):
             entry.retain_handling = sub.retain_handling
             entry.sub_id = sid
             is_new = self.broker.router.subscribe(session, entry)
+            if session.expiry_interval:
+                self.broker.store.save_subscription(session.client_id, entry)
             codes.append(code)
             retained.append((entry, is_new))
         self.conn.send(Suback(packet.packet_id, codes))
@@ -432,10 +434,14 @@ class ClientHandler(asyncio.Protocol):
         if session is None:
             return
         router = self.broker.router
-        codes = [
-            _RC.SUCCESS if router.unsubscribe(session, f) else _RC.NO_SUBSCRIPTION_EXISTED
-            for f in packet.topic_filters
-        ]
+        codes = []
+        for topic_filter in packet.topic_filters:
+            if router.unsubscribe(session, topic_filter):
+                codes.append(_RC.SUCCESS)
+                if session.expiry_interval:
+                    self.broker.store.delete_subscription(session.client_id, topic_filter)
+            else:
+                codes.append(_RC.NO_SUBSCRIPTION_EXISTED)
         self.conn.send(Unsuback(packet.packet_id, codes))
 
     def _on_auth(self, packet: Auth) -> None:
