@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import logging
 import secrets
 import time
@@ -30,7 +29,7 @@ from mqttv5.protocol.properties import Properties, strip_properties
 from mqttv5.protocol.reason_codes import ReasonCode
 
 from .auth import AnonymousPolicy, Authenticator
-from .config import BrokerConfig, ListenerSettings
+from .config import BrokerConfig, ListenerSettings, is_loopback
 from .handler import ClientHandler
 from .message import BrokerMessage, Delivery
 from .metrics import Counters
@@ -57,15 +56,6 @@ class ListenerRuntime:
     is_loopback: bool
     server: asyncio.Server | None = None
     connections: int = 0
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class MqttBroker:
@@ -135,17 +125,20 @@ class MqttBroker:
 
     async def _open_listener(self, settings: ListenerSettings) -> None:
         cfg = self.config
-        allow = settings.allow_anonymous
-        if allow is None:
-            allow = cfg.allow_anonymous
-        if allow is None:
-            allow = True  # config validation refuses non-loopback listeners without a choice
+        for key, value in (
+            ("password_file", cfg.effective_password_file(settings)),
+            ("acl_file", cfg.effective_acl_file(settings)),
+        ):
+            if value is not None:
+                # Refuse rather than run with a file nobody reads (it would lock everyone out).
+                raise ConfigError(key, "password and ACL files are not supported in this version")
+        allow = cfg.effective_allow_anonymous(settings)
         runtime = ListenerRuntime(
             settings=settings,
             name=settings.name or f"{settings.type}:{settings.bind}:{settings.port}",
-            max_packet_size=settings.max_packet_size or cfg.max_packet_size,
+            max_packet_size=cfg.effective_max_packet_size(settings),
             authenticator=AnonymousPolicy(allow),
-            is_loopback=_is_loopback(settings.bind),
+            is_loopback=is_loopback(settings.bind),
         )
         try:
             server = await self.loop.create_server(
