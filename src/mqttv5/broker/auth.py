@@ -68,6 +68,8 @@ class AnonymousPolicy:
     def authenticate(self, request: AuthRequest) -> AuthResult:
         """Accept or refuse per ``allow_anonymous``."""
         connect = request.connect
+        if request.auth is not None:
+            return AuthResult(ReasonCode.BAD_AUTHENTICATION_METHOD)
         if connect.properties.authentication_method is not None:
             return AuthResult(
                 ReasonCode.BAD_AUTHENTICATION_METHOD,

@@ -63,12 +63,19 @@ class MqttBroker:
 
     Args:
         config: the broker configuration (defaults: TCP 1883 on loopback, anonymous access).
+        store: where sessions and messages are mirrored (default: per ``config.storage``).
+        authenticator: decides who may connect on every listener (default: per the config's
+            ``allow_anonymous``); an embedding program's own hook, enhanced authentication too.
     """
 
     def __init__(
-        self, config: BrokerConfig | None = None, store: SessionStore | None = None
+        self,
+        config: BrokerConfig | None = None,
+        store: SessionStore | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.config = config if config is not None else BrokerConfig()
+        self.authenticator = authenticator
         self.store: SessionStore = store if store is not None else self._make_store()
         self.counters = Counters()
         self.sessions = SessionRegistry()
@@ -137,7 +144,7 @@ class MqttBroker:
             settings=settings,
             name=settings.name or f"{settings.type}:{settings.bind}:{settings.port}",
             max_packet_size=cfg.effective_max_packet_size(settings),
-            authenticator=AnonymousPolicy(allow),
+            authenticator=self.authenticator or AnonymousPolicy(allow),
             is_loopback=is_loopback(settings.bind),
         )
         try:
@@ -307,8 +314,11 @@ class MqttBroker:
     # ------------------------------------------------------------------------------------------
     # connecting
 
-    def accept(self, handler: ClientHandler, connect: Connect) -> None:
-        """Attach an authenticated client to its session and send CONNACK."""
+    def accept(
+        self, handler: ClientHandler, connect: Connect, extra: Properties | None = None
+    ) -> None:
+        """Attach an authenticated client to its session and send CONNACK (with ``extra``
+        properties from the authenticator, e.g. Authentication Method and Data)."""
         cfg = self.config
         conn = handler.conn
         v5 = connect.protocol_level == 5
@@ -360,7 +370,7 @@ class MqttBroker:
         if cfg.max_inflight_messages > 0:
             # Mosquitto's max_inflight_messages caps what the client's Receive Maximum allows
             conn.peer_receive_maximum = min(conn.peer_receive_maximum, cfg.max_inflight_messages)
-        props = Properties()
+        props = extra.copy() if extra is not None and v5 else Properties()
         if v5:
             props.receive_maximum = cfg.receive_maximum
             props.topic_alias_maximum = cfg.topic_alias_maximum
@@ -378,7 +388,7 @@ class MqttBroker:
             if assigned is not None:
                 props.assigned_client_identifier = assigned  # [MQTT-3.2.2-16]
             if expiry != requested:
-                props.session_expiry_interval = expiry  # [MQTT-3.2.2-?] the server's choice
+                props.session_expiry_interval = expiry  # the server's choice, told to the client
             keep_alive = connect.keep_alive
             if keep_alive > cfg.max_keepalive or (keep_alive == 0 and cfg.max_keepalive < 65535):
                 props.server_keep_alive = cfg.max_keepalive  # [MQTT-3.2.2-21]
@@ -541,7 +551,7 @@ class MqttBroker:
     ) -> None:
         """Send the retained messages matching a new subscription, per its Retain Handling."""
         if entry.group is not None:
-            return  # retained messages are not sent for shared subscriptions [MQTT-3.8.4-?]
+            return  # no retained messages for shared subscriptions (section 4.8.2)
         if entry.retain_handling == 2 or (entry.retain_handling == 1 and not is_new):
             return  # [MQTT-3.3.1-10] [MQTT-3.3.1-11]
         sub_ids = (entry.sub_id,) if entry.sub_id else ()

@@ -73,6 +73,7 @@ class ClientHandler(asyncio.Protocol):
         self.peer: tuple[str, int] = ("?", 0)
         self.mount = listener.settings.mount_point
         self._held: list[Event] | None = None
+        self._connect: Connect | None = None
         self._dispatch: dict[type, Callable[[Any], None]] = {
             Publish: self._on_publish,
             PubAck: self._on_ack_out,
@@ -268,12 +269,20 @@ class ClientHandler(asyncio.Protocol):
             return
         if self.mount and packet.will is not None:
             packet.will.topic = self.mount + packet.will.topic
+        self._connect = packet
+        self._authenticate(None)
+
+    def _authenticate(self, auth: Auth | None) -> None:
+        """Ask the listener's authenticator about the CONNECT (and an AUTH packet of an
+        enhanced-authentication exchange); hold later packets while it thinks."""
+        connect = self._connect
+        assert connect is not None
         request = AuthRequest(
-            packet, self.peer[0], self.peer[1], self.listener.name, self.listener.is_loopback
+            connect, self.peer[0], self.peer[1], self.listener.name, self.listener.is_loopback, auth
         )
         result = self.listener.authenticator.authenticate(request)
         if isinstance(result, AuthResult):
-            self._finish_connect(packet, result)
+            self._auth_answer(result)
             return
         self._held = []
 
@@ -281,31 +290,53 @@ class ClientHandler(asyncio.Protocol):
             try:
                 answer = await result
             except Exception:
-                log.exception("authenticator failed for %s", packet.client_id)
+                log.exception("authenticator failed for %s", connect.client_id)
                 answer = AuthResult(_RC.UNSPECIFIED_ERROR)
             held, self._held = self._held or [], None
             if self.transport is None:
                 return
-            self._finish_connect(packet, answer)
+            self._auth_answer(answer)
             for event in held:
                 self._dispatch[type(event)](event)
             self.broker.mark_dirty(self)
 
         self.broker.spawn(wait())
 
-    def _finish_connect(self, packet: Connect, result: AuthResult) -> None:
-        if result.reason_code.is_error:
+    def _auth_answer(self, result: AuthResult) -> None:
+        connect = self._connect
+        assert connect is not None
+        code = result.reason_code
+        method = connect.properties.authentication_method
+        if code == _RC.CONTINUE_AUTHENTICATION:
+            # [MQTT-4.12.0-2] the exchange continues with AUTH 0x18 carrying the same method
+            props = result.properties.copy()
+            props.authentication_method = method
+            self.conn.send(Auth(_RC.CONTINUE_AUTHENTICATION, props))
+            return
+        if self.accepted:  # re-authentication; failure closes [MQTT-4.12.1-2]
+            if code.is_error:
+                self.conn.fail(code, result.reason_string or "re-authentication failed")
+                return
+            props = result.properties.copy()
+            props.authentication_method = method
+            self.conn.send(Auth(_RC.SUCCESS, props))
+            return
+        if code.is_error:
             self.broker.counters.auth_failures += 1
             log.info(
                 "Client %s from %s:%d refused: %s.",
-                packet.client_id or "<empty>",
+                connect.client_id or "<empty>",
                 *self.peer,
-                result.reason_code.text,
+                code.text,
             )
-            self.refuse(result.reason_code, result.reason_string)
+            self.refuse(code, result.reason_string)
             return
         self.username = result.username
-        self.broker.accept(self, packet)
+        extra = result.properties
+        if method is not None:
+            extra = extra.copy()
+            extra.authentication_method = method  # [MQTT-4.12.0-5] CONNACK carries the method
+        self.broker.accept(self, connect, extra)
 
     def refuse(self, code: ReasonCode, reason: str | None = None) -> None:
         """Answer CONNECT with a refusing CONNACK and close."""
@@ -445,9 +476,23 @@ class ClientHandler(asyncio.Protocol):
         self.conn.send(Unsuback(packet.packet_id, codes))
 
     def _on_auth(self, packet: Auth) -> None:
-        # Enhanced authentication is plumbed to the authenticator with the security work; until
-        # then an AUTH packet names a method nobody offered.
-        self.conn.fail(_RC.BAD_AUTHENTICATION_METHOD, "enhanced authentication not configured")
+        connect = self._connect
+        method = connect.properties.authentication_method if connect is not None else None
+        if method is None:
+            # [MQTT-4.12.0-7] no AUTH without an Authentication Method in CONNECT
+            self.conn.fail(_RC.PROTOCOL_ERROR, "AUTH without an authentication method")
+            return
+        if packet.properties.authentication_method != method:
+            # [MQTT-4.12.1-1] [MQTT-4.12.0-5] every AUTH carries CONNECT's method
+            self.conn.fail(_RC.PROTOCOL_ERROR, "AUTH with a different authentication method")
+            return
+        expected = _RC.RE_AUTHENTICATE if self.accepted else _RC.CONTINUE_AUTHENTICATION
+        if packet.reason_code != expected and not (
+            self.accepted and packet.reason_code == _RC.CONTINUE_AUTHENTICATION
+        ):
+            self.conn.fail(_RC.PROTOCOL_ERROR, f"unexpected AUTH {packet.reason_code.name}")
+            return
+        self._authenticate(packet)
 
     def _on_closed(self, event: Closed) -> None:
         if event.error is not None:
