@@ -185,3 +185,54 @@ def test_slow_consumer_is_bounded_and_others_unaffected() -> None:
             assert handler.transport.get_write_buffer_size() < 64 * 1024 + 70 * 1100
 
     run(main(), 60)
+
+
+def test_global_memory_limit_pauses_publishers_until_queues_drain() -> None:
+    limit = 64 * 1024
+
+    async def main() -> None:
+        async with started_broker(memory_limit=limit, max_queued_messages=0) as b:
+            keep = Properties(session_expiry_interval=60)
+            sub = await RawClient.connect(b.ports[0], "offline", properties=keep)
+            await sub.subscribe("mem/#", qos=1)
+            await sub.disconnect()
+            pub = await RawClient.connect(b.ports[0], "p")
+            payload = b"m" * 1000
+            sent = 0
+
+            def send_more(window: int) -> None:
+                nonlocal sent
+                while sent < 300 and sent - acks < window:  # honour Receive Maximum 20
+                    sent += 1
+                    pub.send(Publish("mem/x", payload, 1, packet_id=sent))
+
+            acks = 0
+            send_more(20)
+            while True:
+                try:
+                    await pub.expect(PubAck, wait=0.5)
+                except TimeoutError:
+                    break
+                acks += 1
+                send_more(20)
+            assert b.reading_paused
+            assert acks < 300  # the publisher was stopped...
+            assert b.queued_total <= limit + 21 * 1000  # ...within a window of the limit
+            # the consumer returns and drains: the publisher is resumed and nothing is lost
+            sub = await RawClient.connect(b.ports[0], "offline", clean_start=False, properties=keep)
+            got = 0
+            while got < 300:
+                p = await sub.expect(Publish, wait=5)
+                sub.send(PubAck(p.packet_id))
+                got += 1
+                while acks < sent:
+                    try:
+                        await pub.expect(PubAck, wait=0.01)
+                    except TimeoutError:
+                        break
+                    acks += 1
+                    send_more(20)
+            assert got == 300
+            assert not b.reading_paused
+
+    run(main(), 60)

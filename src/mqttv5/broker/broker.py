@@ -91,6 +91,9 @@ class MqttBroker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sys: SysPublisher | None = None
         self._all_gone: asyncio.Event | None = None
+        self.queued_total = 0  # payload bytes in all session queues
+        self.reading_paused = False
+        self._paused_readers: set[ClientHandler] = set()
 
     def _make_store(self) -> SessionStore:
         if self.config.storage == "memory":
@@ -294,6 +297,7 @@ class MqttBroker:
             self.handlers.discard(handler)
             handler.listener.connections -= 1
         self._dirty.discard(handler)
+        self._paused_readers.discard(handler)
         if not self.handlers and self._all_gone is not None:
             self._all_gone.set()
 
@@ -485,6 +489,8 @@ class MqttBroker:
         pending = [e.item for e in session.inflight.out.values() if not e.released]
         pending.extend(session.queue)
         session.queue.clear()
+        self.queued_changed(-session.queued_bytes)
+        session.queued_bytes = 0
         session.inflight.out.clear()
         for delivery in pending:
             if isinstance(delivery, Delivery) and delivery.group is not None:
@@ -543,8 +549,32 @@ class MqttBroker:
                 return
             dropped = queue.popleft()
             session.queued_bytes -= len(dropped.message.payload)
+            self.queued_changed(-len(dropped.message.payload))
         queue.append(delivery)
         session.queued_bytes += size
+        self.queued_changed(size)
+
+    def queued_changed(self, delta: int) -> None:
+        """Account for bytes entering or leaving session queues; above ``memory_limit`` the
+        broker stops reading from publishers until the queues drain below half of it."""
+        total = self.queued_total = self.queued_total + delta
+        if not self.reading_paused:
+            if total > self.config.memory_limit:
+                self.reading_paused = True
+                log.warning(
+                    "Queued messages use %d bytes, over memory_limit: pausing publishers.", total
+                )
+        elif total <= self.config.memory_limit // 2:
+            self.reading_paused = False
+            paused, self._paused_readers = self._paused_readers, set()
+            for handler in paused:
+                handler.resume_reading()
+            log.info("Queued messages down to %d bytes: publishers resumed.", total)
+
+    def pause_reader(self, handler: ClientHandler) -> None:
+        """Stop reading from ``handler`` until the global queue memory drains."""
+        self._paused_readers.add(handler)
+        handler.pause_reading()
 
     def send_retained(
         self, handler: ClientHandler, entry: SubEntry, is_new: bool, now: float
@@ -578,6 +608,9 @@ class MqttBroker:
                         if not handler.closing:
                             log.info("Client %s:%d did not CONNECT in time.", *handler.peer)
                         handler.abort()
+                    continue
+                if handler.reading_paused:
+                    conn.last_received = now  # silent because we stopped reading, not dead
                     continue
                 if conn.keep_alive and now >= conn.keep_alive_deadline():
                     conn.handle_timer(now)

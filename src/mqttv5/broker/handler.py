@@ -69,6 +69,7 @@ class ClientHandler(asyncio.Protocol):
         self.version = 5
         self.accepted = False  # CONNACK success sent and session attached
         self.paused = False
+        self.reading_paused = False
         self.closing = False
         self.peer: tuple[str, int] = ("?", 0)
         self.mount = listener.settings.mount_point
@@ -127,6 +128,22 @@ class ClientHandler(asyncio.Protocol):
                         self._held.extend(rest)
                         break
         broker.mark_dirty(self)
+        if broker.reading_paused and not self.reading_paused:
+            session = self.session
+            if session is None or not session.queue:  # never stall a consumer being drained
+                broker.pause_reader(self)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (global memory limit reached)."""
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the socket again."""
+        if self.transport is not None and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         """The peer half-closed: treat as a close."""
@@ -236,7 +253,9 @@ class ClientHandler(asyncio.Protocol):
         now = self.loop.time()
         while queue and not self.paused and conn.send_quota > 0:
             delivery = queue.popleft()
-            session.queued_bytes -= len(delivery.message.payload)
+            size = len(delivery.message.payload)
+            session.queued_bytes -= size
+            self.broker.queued_changed(-size)
             if delivery.message.expired(now):
                 self.broker.counters.dropped_expired += 1  # [MQTT-3.3.2-5]
                 continue
