@@ -33,6 +33,7 @@ from .config import BrokerConfig, ListenerSettings, is_loopback
 from .handler import ClientHandler
 from .message import BrokerMessage, Delivery
 from .metrics import Counters
+from .reload import ReloadRegistry
 from .router import Router
 from .sessions import EXPIRY_NEVER, Session, SessionRegistry, SubEntry
 from .storage import MemoryStore, SessionStore, StoredSession
@@ -91,6 +92,8 @@ class MqttBroker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sys: SysPublisher | None = None
         self._all_gone: asyncio.Event | None = None
+        self.reloads = ReloadRegistry()
+        self.reloads.register("core", self._reload_core)
         self.queued_total = 0  # payload bytes in all session queues
         self.reading_paused = False
         self._paused_readers: set[ClientHandler] = set()
@@ -243,21 +246,27 @@ class MqttBroker:
         await self.stop()
 
     def reload(self, new_config: BrokerConfig) -> list[str]:
-        """Apply what can change at run time; return the settings that need a restart."""
-        old = self.config
-        needs_restart = []
-        if [vars(x) for x in new_config.effective_listeners()] != [
+        """Apply what can change at run time (limits, log level, and every component registered
+        in :attr:`reloads`); return the settings that need a restart, which keep their old
+        values until then."""
+        needs_restart = self.reloads.apply(self.config, new_config)
+        if "listeners" in needs_restart:
+            new_config.listeners = self.config.listeners
+        if "storage" in needs_restart:
+            new_config.storage, new_config.data_dir = self.config.storage, self.config.data_dir
+        self.config = new_config
+        return needs_restart
+
+    def _reload_core(self, old: BrokerConfig, new: BrokerConfig) -> list[str]:
+        restart = []
+        if [vars(x) for x in new.effective_listeners()] != [
             vars(x) for x in old.effective_listeners()
         ]:
-            needs_restart.append("listeners")
-        if new_config.storage != old.storage or new_config.data_dir != old.data_dir:
-            needs_restart.append("storage")
-        keep_listeners = old.listeners
-        self.config = new_config
-        if "listeners" in needs_restart:
-            self.config.listeners = keep_listeners
-        logging.getLogger("mqttv5").setLevel(new_config.log_level.upper())
-        return needs_restart
+            restart.append("listeners")
+        if new.storage != old.storage or new.data_dir != old.data_dir:
+            restart.append("storage")
+        logging.getLogger("mqttv5").setLevel(new.log_level.upper())
+        return restart
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task owned by the broker."""
