@@ -88,6 +88,9 @@ class Router:
         self.groups: dict[GroupKey, dict[str, tuple[Session, SubEntry]]] = {}
         self._rr: dict[GroupKey, int] = {}
         self.retained = RetainedStore()
+        # Called as listener(session, entry, added) on every subscribe and unsubscribe: the hook
+        # a multi-node backend uses to share the subscription index.
+        self.subscription_listeners: list[Callable[[Session, SubEntry, bool], None]] = []
 
     def subscribe(self, session: Session, entry: SubEntry) -> bool:
         """Add or replace ``session``'s subscription; True if it is new [MQTT-3.8.4-3]."""
@@ -100,6 +103,8 @@ class Router:
             self.tree.add(entry.match_filter, key, (session, entry))
             gkey = (entry.group, entry.match_filter)
             self.groups.setdefault(gkey, {})[session.client_id] = (session, entry)
+        for listener in self.subscription_listeners:
+            listener(session, entry, True)
         return is_new
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
@@ -111,6 +116,8 @@ class Router:
         return True
 
     def _unindex(self, session: Session, entry: SubEntry) -> None:
+        for listener in self.subscription_listeners:
+            listener(session, entry, False)
         if entry.group is None:
             self.tree.remove(entry.match_filter, session.client_id)
             return
