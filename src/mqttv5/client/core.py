@@ -87,23 +87,8 @@ _SUCCESS: Final = ReasonCode.SUCCESS
 def _new_publish(
     topic: str, payload: bytes, qos: int, retain: bool, properties: Properties | None
 ) -> Publish:
-    if properties is not None:
-        return Publish(topic, payload, qos, retain, properties=properties)
-    # Publish() encodes an empty Properties on every call; skip that on the hot path.
-    pkt = Publish.__new__(Publish)
-    pkt.topic = topic
-    pkt.payload = payload
-    pkt.qos = qos
-    pkt.retain = retain
-    pkt.dup = False
-    pkt.packet_id = None
-    pkt._properties = None
-    pkt.props_raw = b""
-    pkt.topic_alias = None
-    pkt.message_expiry_interval = None
-    pkt.payload_format_indicator = None
-    pkt.subscription_identifiers = []
-    return pkt
+    # Publish() without properties encodes nothing (the hot path's common case).
+    return Publish(topic, payload, qos, retain, properties=properties)
 
 
 class _SubRecord:

@@ -267,9 +267,9 @@ class Connection:
         self.last_received = now
         try:
             packets = self._decoder.feed(data)
-        except UnsupportedProtocol as exc:
-            self._out.append(exc.connack)
-            self._close(Closed(sent=exc.reason_code, error=exc))
+        except UnsupportedProtocol as refused:
+            self._out.append(refused.connack)
+            self._close(Closed(sent=refused.reason_code, error=refused))
             return
         except RemoteProtocolError as exc:
             self._fail_with(exc)

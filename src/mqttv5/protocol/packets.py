@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias, TypeVar
+from typing import ClassVar, Final, TypeAlias, TypeVar
 
 from .codec import (
     decode_binary,
@@ -478,17 +478,7 @@ def _decode_publish(flags: int, body: Buffer, version: int) -> Publish:
     packet_id = None
     if qos:
         packet_id, pos = _packet_id(body, pos, "PUBLISH")
-    pkt = Publish.__new__(Publish)
-    pkt.topic = topic
-    pkt.qos = qos
-    pkt.retain = bool(flags & 0x01)
-    pkt.dup = dup
-    pkt.packet_id = packet_id
-    pkt._properties = None
-    pkt.topic_alias = None
-    pkt.message_expiry_interval = None
-    pkt.payload_format_indicator = None
-    pkt.subscription_identifiers = []
+    pkt = Publish(topic, b"", qos, bool(flags & 0x01), dup, packet_id)
     if version == _V5:
         pos = _scan_publish_properties(pkt, body, pos)
         if not topic and pkt.topic_alias is None:
@@ -565,8 +555,8 @@ class _Ack:
     """Shared shape of PUBACK, PUBREC, PUBREL and PUBCOMP (sections 3.4-3.7)."""
 
     __slots__ = ("packet_id", "properties", "reason_code")
-    FIRST_BYTE = 0x40
-    VALID_CODES: frozenset[ReasonCode] = PUBACK_CODES
+    FIRST_BYTE: ClassVar[int] = 0x40
+    VALID_CODES: ClassVar[frozenset[ReasonCode]] = PUBACK_CODES
 
     def __init__(
         self,

@@ -167,6 +167,7 @@ PROPERTY_TABLE: Final[dict[int, PropertySpec]] = {
 }
 _SPECS_IN_ORDER: Final = tuple(sorted(PROPERTY_TABLE.values(), key=lambda s: s.id))
 _SCALAR_ATTRS: Final = tuple(s.attr for s in _SPECS_IN_ORDER if not s.repeatable)
+_ALL_ATTRS: Final = (*_SCALAR_ATTRS, "subscription_identifiers", "user_properties")
 
 
 class Properties:
@@ -226,7 +227,7 @@ class Properties:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Properties):
             return NotImplemented
-        return all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
+        return all(getattr(self, a) == getattr(other, a) for a in _ALL_ATTRS)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -237,7 +238,7 @@ class Properties:
     def items(self) -> list[tuple[str, object]]:
         """The present properties as ``(attribute, value)`` pairs."""
         out: list[tuple[str, object]] = []
-        for a in self.__slots__:
+        for a in _ALL_ATTRS:
             v = getattr(self, a)
             if v is not None and v != []:
                 out.append((a, v))
@@ -250,7 +251,7 @@ class Properties:
 
     def copy(self) -> Properties:
         """A shallow copy with its own lists."""
-        new = Properties.__new__(Properties)
+        new = Properties()
         for a in _SCALAR_ATTRS:
             setattr(new, a, getattr(self, a))
         new.user_properties = list(self.user_properties)
