@@ -14,6 +14,7 @@ from .reason_codes import ReasonCode
 
 __all__ = [
     "MAX_VARINT",
+    "VARINTS",
     "decode_binary",
     "decode_string",
     "decode_string_untrusted",
@@ -47,6 +48,8 @@ def _encode_varint_slow(value: int) -> bytes:
 
 # Varints below 16384 (two bytes) cover almost every remaining length; precompute them.
 _VARINT_CACHE: Final[tuple[bytes, ...]] = tuple(_encode_varint_slow(i) for i in range(16384))
+VARINTS: Final = _VARINT_CACHE
+"""``VARINTS[n]`` is the encoding of every ``n`` below 16,384 (hot-path encoders index it)."""
 
 
 def encode_varint(value: int) -> bytes:

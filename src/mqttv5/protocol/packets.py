@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final, TypeAlias, TypeVar
 
 from .codec import (
+    VARINTS,
     decode_binary,
     decode_string,
     decode_varint,
@@ -437,37 +438,45 @@ def encode_publish_parts(
     """
     first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
     tlen = len(topic)
-    head = bytes((tlen >> 8, tlen & 0xFF)) + topic
+    if props_raw is None:
+        plen_b = props_raw = b""
+    else:
+        plen = len(props_raw)
+        plen_b = VARINTS[plen] if plen < 16384 else encode_varint(plen)
+    rem = 2 + tlen + len(plen_b) + len(props_raw) + len(payload)
     if qos:
         if not packet_id:
             raise LocalProtocolError(_PROTOCOL, "QoS > 0 PUBLISH needs a packet identifier")
-        head += bytes((packet_id >> 8, packet_id & 0xFF))
-    if props_raw is not None:
-        head += encode_varint(len(props_raw)) + props_raw
-    remaining = len(head) + len(payload)
-    return bytes((first,)) + encode_varint(remaining) + head + payload
-
-
-_PUBLISH_PROPS_ALLOWED: Final = frozenset({0x01, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x23, 0x26})
+        rem += 2
+        head = bytes((first,)) + (VARINTS[rem] if rem < 16384 else encode_varint(rem))
+        return b"".join(
+            (head, tlen.to_bytes(2, "big"), topic, packet_id.to_bytes(2, "big"), plen_b, props_raw,
+             payload)
+        )  # fmt: skip
+    head = bytes((first,)) + (VARINTS[rem] if rem < 16384 else encode_varint(rem))
+    return b"".join((head, tlen.to_bytes(2, "big"), topic, plen_b, props_raw, payload))
 
 
 def _decode_publish(flags: int, body: Buffer, version: int) -> Publish:
+    data = body if type(body) is bytes else bytes(body)
+    return _decode_publish_at(flags, data, 0, len(data), version)
+
+
+def _decode_publish_at(flags: int, view: bytes, start: int, end: int, version: int) -> Publish:
+    """Decode the PUBLISH whose body is ``view[start:end]`` (no copy of the body is made)."""
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise RemoteProtocolError(_MALFORMED, "PUBLISH: QoS 3")  # [MQTT-3.3.1-4]
-    dup = bool(flags & 0x08)
+    dup = flags & 0x08
     if dup and not qos:
         raise RemoteProtocolError(_MALFORMED, "PUBLISH: DUP set on QoS 0")  # [MQTT-3.3.1-2]
-    blen = len(body)
-    if blen < 2:
+    if end - start < 2:
         raise RemoteProtocolError(_MALFORMED, "PUBLISH: truncated topic name")
-    tlen = (body[0] << 8) | body[1]
-    pos = 2 + tlen
-    if pos > blen:
+    pos = start + 2 + ((view[start] << 8) | view[start + 1])
+    if pos > end:
         raise RemoteProtocolError(_MALFORMED, "PUBLISH: topic length exceeds packet")
-    raw_topic = bytes(body[2:pos])
     try:
-        topic = raw_topic.decode("utf-8")
+        topic = view[start + 2 : pos].decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError(_MALFORMED, "PUBLISH: topic name is not valid UTF-8") from None
     if "\x00" in topic:
@@ -475,75 +484,119 @@ def _decode_publish(flags: int, body: Buffer, version: int) -> Publish:
     if "+" in topic or "#" in topic:
         # [MQTT-3.3.2-2] no wildcards in a topic name
         raise RemoteProtocolError(ReasonCode.TOPIC_NAME_INVALID, f"PUBLISH: wildcard in {topic!r}")
-    packet_id = None
+    pkt = Publish(topic, b"", qos, bool(flags & 0x01), bool(dup))
     if qos:
-        packet_id, pos = _packet_id(body, pos, "PUBLISH")
-    pkt = Publish(topic, b"", qos, bool(flags & 0x01), dup, packet_id)
+        if pos + 2 > end:
+            raise RemoteProtocolError(_MALFORMED, "PUBLISH: truncated packet identifier")
+        packet_id = (view[pos] << 8) | view[pos + 1]
+        if not packet_id:
+            # [MQTT-2.2.1-3] a QoS 1/2 PUBLISH has a non-zero packet identifier
+            raise RemoteProtocolError(_PROTOCOL, "PUBLISH: packet identifier 0")
+        pkt.packet_id = packet_id
+        pos += 2
     if version == _V5:
-        pos = _scan_publish_properties(pkt, body, pos)
+        if pos >= end:
+            raise RemoteProtocolError(_MALFORMED, "PUBLISH: missing property length")
+        if view[pos] == 0:  # no properties: the common case
+            pos += 1
+        else:
+            pos = _scan_publish_properties(pkt, view, pos, end)
         if not topic and pkt.topic_alias is None:
             raise RemoteProtocolError(_PROTOCOL, "PUBLISH: empty topic name without topic alias")
-    else:
-        pkt.props_raw = b""
-        if not topic:
-            raise RemoteProtocolError(ReasonCode.TOPIC_NAME_INVALID, "PUBLISH: empty topic name")
-    pkt.payload = bytes(body[pos:])
+    elif not topic:
+        raise RemoteProtocolError(ReasonCode.TOPIC_NAME_INVALID, "PUBLISH: empty topic name")
+    pkt.payload = view[pos:end]
     return pkt
 
 
-def _scan_publish_properties(pkt: Publish, body: Buffer, pos: int) -> int:
-    """Validate a PUBLISH property block and pick out the per-message fields; return its end."""
-    length, pos = decode_varint(body, pos, "PUBLISH property length")
-    end = pos + length
-    if end > len(body):
-        raise RemoteProtocolError(_MALFORMED, f"PUBLISH: property length {length} exceeds packet")
-    pkt.props_raw = bytes(body[pos:end])
-    if not length:
-        return end
-    view = body[:end]
-    seen = 0
-    while pos < end:
-        pid = view[pos]
+def _scan_publish_properties(pkt: Publish, body: bytes, pos: int, limit: int) -> int:
+    """Validate a PUBLISH property block and pick out the per-message fields; return its end.
+
+    Hand-inlined, as it runs for every PUBLISH with properties: strings are checked for U+0000
+    with ``find`` (no slice) and decoded only when the block is not pure ASCII (ASCII is always
+    well-formed UTF-8) [MQTT-1.5.4-1] [MQTT-1.5.4-2] [MQTT-1.5.7-1].
+    """
+    length = body[pos]
+    if length < 0x80:
         pos += 1
-        if pid not in _PUBLISH_PROPS_ALLOWED:
-            raise RemoteProtocolError(_MALFORMED, f"PUBLISH: property 0x{pid:02X} not allowed")
-        bit = 1 << pid
-        if seen & bit and pid not in (0x0B, 0x26):
-            raise RemoteProtocolError(_PROTOCOL, f"PUBLISH: property 0x{pid:02X} appears twice")
-        seen |= bit
-        if pid == 0x23:  # Topic Alias
-            if pos + 2 > end:
-                raise RemoteProtocolError(_MALFORMED, "PUBLISH: truncated topic alias")
-            pkt.topic_alias = (view[pos] << 8) | view[pos + 1]
-            pos += 2
-        elif pid == 0x02:  # Message Expiry Interval
-            if pos + 4 > end:
-                raise RemoteProtocolError(_MALFORMED, "PUBLISH: truncated message expiry")
-            pkt.message_expiry_interval = int.from_bytes(view[pos : pos + 4], "big")
-            pos += 4
-        elif pid == 0x01:  # Payload Format Indicator
-            if pos >= end:
-                raise RemoteProtocolError(_MALFORMED, "PUBLISH: truncated payload format")
-            value = view[pos]
-            if value > 1:
-                raise RemoteProtocolError(_PROTOCOL, f"PUBLISH: payload format indicator {value}")
-            pkt.payload_format_indicator = value
-            pos += 1
-        elif pid == 0x26:  # User Property
-            _, pos = decode_string(view, pos, "PUBLISH user property name")
-            _, pos = decode_string(view, pos, "PUBLISH user property value")
-        elif pid == 0x09:  # Correlation Data
-            _, pos = decode_binary(view, pos, "PUBLISH correlation data")
-        elif pid == 0x0B:  # Subscription Identifier
-            sid, pos = decode_varint(view, pos, "PUBLISH subscription identifier")
-            if sid == 0:
-                raise RemoteProtocolError(_PROTOCOL, "PUBLISH: subscription identifier 0")
-            pkt.subscription_identifiers.append(sid)
-        else:  # Content Type 0x03, Response Topic 0x08
-            value_s, pos = decode_string(view, pos, f"PUBLISH property 0x{pid:02X}")
-            if pid == 0x08 and ("+" in value_s or "#" in value_s or not value_s):
-                # [MQTT-3.3.2-14] the Response Topic is a topic name
-                raise RemoteProtocolError(_PROTOCOL, f"PUBLISH: response topic {value_s!r}")
+    else:
+        length, pos = decode_varint(body, pos, "PUBLISH property length")
+    end = pos + length
+    if end > limit:
+        raise RemoteProtocolError(_MALFORMED, f"PUBLISH: property length {length} exceeds packet")
+    raw = body[pos:end]
+    pkt.props_raw = raw
+    check_utf8 = not raw.isascii()
+    find = raw.find
+    i = 0
+    seen = 0
+    try:
+        while i < length:
+            pid = raw[i]
+            if pid == 0x26:  # User Property: a string pair, repeatable
+                j = i + 3 + ((raw[i + 1] << 8) | raw[i + 2])
+                k = j + 2 + ((raw[j] << 8) | raw[j + 1])
+                if k > length:
+                    raise RemoteProtocolError(_MALFORMED, "PUBLISH: user property too long")
+                if find(b"\x00", i + 3, j) >= 0 or find(b"\x00", j + 2, k) >= 0:
+                    raise RemoteProtocolError(_MALFORMED, "PUBLISH: string contains U+0000")
+                if check_utf8:
+                    raw[i + 3 : j].decode("utf-8")
+                    raw[j + 2 : k].decode("utf-8")
+                i = k
+                continue
+            bit = 1 << pid
+            if seen & bit and pid != 0x0B:
+                raise RemoteProtocolError(_PROTOCOL, f"PUBLISH: property 0x{pid:02X} appears twice")
+            seen |= bit
+            i += 1
+            if pid == 0x03 or pid == 0x08:  # Content Type, Response Topic
+                j = i + 2 + ((raw[i] << 8) | raw[i + 1])
+                if j > length:
+                    raise RemoteProtocolError(_MALFORMED, "PUBLISH: string exceeds properties")
+                if find(b"\x00", i + 2, j) >= 0:
+                    raise RemoteProtocolError(_MALFORMED, "PUBLISH: string contains U+0000")
+                if pid == 0x08:
+                    value = raw[i + 2 : j].decode("utf-8")
+                    if "+" in value or "#" in value or not value:
+                        # [MQTT-3.3.2-14] the Response Topic is a topic name
+                        raise RemoteProtocolError(_PROTOCOL, f"PUBLISH: response topic {value!r}")
+                elif check_utf8:
+                    raw[i + 2 : j].decode("utf-8")
+                i = j
+            elif pid == 0x02:  # Message Expiry Interval
+                if i + 4 > length:
+                    raise RemoteProtocolError(_MALFORMED, "PUBLISH: truncated message expiry")
+                pkt.message_expiry_interval = int.from_bytes(raw[i : i + 4], "big")
+                i += 4
+            elif pid == 0x23:  # Topic Alias
+                if i + 2 > length:
+                    raise RemoteProtocolError(_MALFORMED, "PUBLISH: truncated topic alias")
+                pkt.topic_alias = (raw[i] << 8) | raw[i + 1]
+                i += 2
+            elif pid == 0x01:  # Payload Format Indicator
+                value_b = raw[i]
+                if value_b > 1:
+                    raise RemoteProtocolError(
+                        _PROTOCOL, f"PUBLISH: payload format indicator {value_b}"
+                    )
+                pkt.payload_format_indicator = value_b
+                i += 1
+            elif pid == 0x09:  # Correlation Data
+                i += 2 + ((raw[i] << 8) | raw[i + 1])
+                if i > length:
+                    raise RemoteProtocolError(_MALFORMED, "PUBLISH: correlation data too long")
+            elif pid == 0x0B:  # Subscription Identifier (repeatable)
+                sid, i = decode_varint(raw, i, "PUBLISH subscription identifier")
+                if sid == 0:
+                    raise RemoteProtocolError(_PROTOCOL, "PUBLISH: subscription identifier 0")
+                pkt.subscription_identifiers.append(sid)
+            else:
+                raise RemoteProtocolError(_MALFORMED, f"PUBLISH: property 0x{pid:02X} not allowed")
+    except IndexError:
+        raise RemoteProtocolError(_MALFORMED, "PUBLISH: truncated property") from None
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(_MALFORMED, f"PUBLISH: invalid UTF-8 ({exc.reason})") from None
     return end
 
 
@@ -1004,7 +1057,7 @@ class PacketDecoder:
     def __init__(self, version: int = _V5, max_packet_size: int = MAX_PACKET_SIZE) -> None:
         self.version = version
         self.max_packet_size = max_packet_size
-        self._buf = bytearray()
+        self._buf = b""
 
     @property
     def buffered(self) -> int:
@@ -1017,47 +1070,46 @@ class PacketDecoder:
         Raises:
             RemoteProtocolError: the stream is broken; the decoder must not be used again.
         """
-        buf = self._buf
-        if buf:
-            buf += data
-            view: Buffer = buf
-        else:
-            view = data
+        view = self._buf + data if self._buf else bytes(data)
         out: list[Packet] = []
         pos = 0
         end = len(view)
         version = self.version
-        while end - pos >= 2:
-            first = view[pos]
-            # inline varint read: the common case is a one- or two-byte remaining length
-            byte = view[pos + 1]
-            if byte < 0x80:
-                remaining = byte
-                hdr = 2
-            else:
-                remaining, body_start = _header_varint(view, pos + 1)
-                if body_start < 0:
-                    break  # header incomplete
-                hdr = body_start - pos
-            total = hdr + remaining
-            if total > self.max_packet_size:
-                raise RemoteProtocolError(
-                    ReasonCode.PACKET_TOO_LARGE,
-                    f"packet of {total} bytes exceeds maximum packet size {self.max_packet_size}",
-                )
-            if end - pos < total:
-                break
-            body_start = pos + hdr
-            pos += total
-            out.append(decode_packet(first, view[body_start:pos], version))
-            if first >> 4 == PacketType.CONNECT and out:
-                pkt = out[-1]
-                assert isinstance(pkt, Connect)
-                version = self.version = pkt.protocol_level
-        if buf:
-            del buf[:pos]
-        elif pos < end:
-            buf += view[pos:]
+        limit = self.max_packet_size
+        try:
+            while end - pos >= 2:
+                first = view[pos]
+                # inline Remaining Length: one or two bytes in the common case
+                byte = view[pos + 1]
+                if byte < 0x80:
+                    body_start = pos + 2
+                    remaining = byte
+                elif end - pos >= 3 and view[pos + 2] < 0x80:
+                    body_start = pos + 3
+                    remaining = (byte & 0x7F) | (view[pos + 2] << 7)
+                else:
+                    remaining, body_start = _header_varint(view, pos + 1)
+                    if body_start < 0:
+                        break  # header incomplete
+                total = body_start - pos + remaining
+                if total > limit:
+                    raise RemoteProtocolError(
+                        ReasonCode.PACKET_TOO_LARGE,
+                        f"packet of {total} bytes exceeds maximum packet size {limit}",
+                    )
+                if end - pos < total:
+                    break
+                pos += total
+                if first >> 4 == 3:  # PUBLISH: straight to its decoder, no copy of the body
+                    out.append(_decode_publish_at(first & 0x0F, view, body_start, pos, version))
+                    continue
+                packet = decode_packet(first, view[body_start:pos], version)
+                out.append(packet)
+                if isinstance(packet, Connect):
+                    version = self.version = packet.protocol_level
+        except (IndexError, ValueError) as exc:  # defensive: only ProtocolError may escape
+            raise RemoteProtocolError(_MALFORMED, f"malformed packet: {exc}") from exc
+        self._buf = view[pos:] if pos < end else b""
         return out
 
 
