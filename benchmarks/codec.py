@@ -29,8 +29,10 @@ from mqttv5.protocol.packets import PacketDecoder, Publish, encode_publish_parts
 from mqttv5.protocol.properties import Properties
 
 
-def build_stream(count: int, payload_size: int) -> bytes:
-    """``count`` QoS 1 PUBLISH packets back to back."""
+def build_stream(count: int, payload_size: int, vary: bool = False) -> bytes:
+    """``count`` QoS 1 PUBLISH packets back to back; with ``vary`` every packet carries a
+    different trace id, so no two consecutive property blocks are alike (the decoder's
+    repeated-properties shortcut never applies)."""
     props = Properties(
         content_type="application/json",
         message_expiry_interval=3600,
@@ -39,6 +41,12 @@ def build_stream(count: int, payload_size: int) -> bytes:
     payload = bytes(range(256))[:payload_size].ljust(payload_size, b"x")
     out = bytearray()
     for i in range(count):
+        if vary:
+            props = Properties(
+                content_type="application/json",
+                message_expiry_interval=3600,
+                user_properties=[("trace-id", f"{i:016x}")],
+            )
         packet = Publish(
             f"sensors/building-{i % 10}/floor-{i % 7}/temperature",
             payload,
@@ -90,8 +98,10 @@ def timed(func: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def run(count: int, payload_size: int, chunk_size: int, repeat: int) -> dict[str, Any]:
-    stream = build_stream(count, payload_size)
+def run(
+    count: int, payload_size: int, chunk_size: int, repeat: int, vary: bool = False
+) -> dict[str, Any]:
+    stream = build_stream(count, payload_size, vary)
     chunks = chunked(stream, chunk_size)
 
     # Sanity check (not timed): everything decodes, and forwarding reproduces the input.
@@ -172,8 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=64 * 1024, help="bytes per feed() call")
     parser.add_argument("--repeat", type=int, default=7, help="rounds; the best is reported")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "--vary-properties",
+        action="store_true",
+        help="a different property block in every packet (worst case for the decoder)",
+    )
     args = parser.parse_args(argv)
-    result = run(args.packets, args.payload, args.chunk, args.repeat)
+    result = run(args.packets, args.payload, args.chunk, args.repeat, args.vary_properties)
+    result["vary_properties"] = args.vary_properties
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()

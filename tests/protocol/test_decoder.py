@@ -286,3 +286,44 @@ class TestFuzz:
                 decode_packet(ptype << 4 | flags, tail, version)
             except ProtocolError:
                 pass
+
+
+class TestRepeatedPublishShortcut:
+    """The decoder reuses the validation of a byte-identical topic name or property block."""
+
+    def test_repeated_and_changed_properties_decode_exactly(self) -> None:
+        from mqttv5.protocol.packets import PacketDecoder, Publish
+        from mqttv5.protocol.properties import Properties
+
+        a = Properties(message_expiry_interval=5, topic_alias=2, user_properties=[("k", "v")])
+        b = Properties(content_type="x", subscription_identifiers=[3, 4])
+        packets = [
+            Publish("t/1", b"1", properties=a),
+            Publish("t/1", b"2", properties=a),
+            Publish("t/2", b"3", properties=b),
+            Publish("t/2", b"4", properties=b),
+            Publish("t/2", b"5"),
+            Publish("t/1", b"6", properties=a),
+        ]
+        decoder = PacketDecoder(5)
+        got = decoder.feed(b"".join(p.encode(5) for p in packets))
+        assert got == packets
+        assert [p.topic_alias for p in got] == [2, 2, None, None, None, 2]  # type: ignore[union-attr]
+        assert [p.subscription_identifiers for p in got] == [[], [], [3, 4], [3, 4], [], []]  # type: ignore[union-attr]
+        got[2].subscription_identifiers.append(9)  # type: ignore[union-attr]
+        assert decoder.feed(packets[3].encode(5))[0].subscription_identifiers == [3, 4]  # type: ignore[union-attr]
+
+    def test_invalid_input_after_valid_input_is_still_rejected(self) -> None:
+        import pytest
+
+        from mqttv5.protocol.errors import RemoteProtocolError
+        from mqttv5.protocol.packets import PacketDecoder, Publish
+        from mqttv5.protocol.properties import Properties
+
+        decoder = PacketDecoder(5)
+        good = Publish("t", b"x", properties=Properties(content_type="ok")).encode(5)
+        decoder.feed(good)
+        bad = bytearray(good)
+        bad[bad.index(b"ok")] = 0x00  # same length, a NUL inside the string
+        with pytest.raises(RemoteProtocolError):
+            PacketDecoder(5).feed(good + bytes(bad))

@@ -457,12 +457,34 @@ def encode_publish_parts(
     return b"".join((head, tlen.to_bytes(2, "big"), topic, plen_b, props_raw, payload))
 
 
+class _PublishCache:
+    """The last topic name and property block a stream carried, already validated.
+
+    A publisher usually repeats both from one message to the next; comparing bytes (a memcmp)
+    then replaces decoding and validating them again. Nothing is trusted that was not checked:
+    only byte-identical input reuses a result.
+    """
+
+    __slots__ = ("alias", "expiry", "format", "props_raw", "sub_ids", "topic", "topic_raw")
+
+    def __init__(self) -> None:
+        self.topic_raw = b"\x00"  # never equal to a valid topic name
+        self.topic = ""
+        self.props_raw = b""
+        self.alias: int | None = None
+        self.expiry: int | None = None
+        self.format: int | None = None
+        self.sub_ids: tuple[int, ...] = ()
+
+
 def _decode_publish(flags: int, body: Buffer, version: int) -> Publish:
     data = body if type(body) is bytes else bytes(body)
-    return _decode_publish_at(flags, data, 0, len(data), version)
+    return _decode_publish_at(flags, data, 0, len(data), version, None)
 
 
-def _decode_publish_at(flags: int, view: bytes, start: int, end: int, version: int) -> Publish:
+def _decode_publish_at(
+    flags: int, view: bytes, start: int, end: int, version: int, cache: _PublishCache | None
+) -> Publish:
     """Decode the PUBLISH whose body is ``view[start:end]`` (no copy of the body is made)."""
     qos = (flags >> 1) & 0x03
     if qos == 3:
@@ -475,15 +497,24 @@ def _decode_publish_at(flags: int, view: bytes, start: int, end: int, version: i
     pos = start + 2 + ((view[start] << 8) | view[start + 1])
     if pos > end:
         raise RemoteProtocolError(_MALFORMED, "PUBLISH: topic length exceeds packet")
-    try:
-        topic = view[start + 2 : pos].decode("utf-8")
-    except UnicodeDecodeError:
-        raise RemoteProtocolError(_MALFORMED, "PUBLISH: topic name is not valid UTF-8") from None
-    if "\x00" in topic:
-        raise RemoteProtocolError(_MALFORMED, "PUBLISH: topic name contains U+0000")
-    if "+" in topic or "#" in topic:
-        # [MQTT-3.3.2-2] no wildcards in a topic name
-        raise RemoteProtocolError(ReasonCode.TOPIC_NAME_INVALID, f"PUBLISH: wildcard in {topic!r}")
+    raw_topic = view[start + 2 : pos]
+    if cache is not None and raw_topic == cache.topic_raw:
+        topic = cache.topic
+    else:
+        try:
+            topic = raw_topic.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError(_MALFORMED, "PUBLISH: topic name not valid UTF-8") from None
+        if "\x00" in topic:
+            raise RemoteProtocolError(_MALFORMED, "PUBLISH: topic name contains U+0000")
+        if "+" in topic or "#" in topic:
+            # [MQTT-3.3.2-2] no wildcards in a topic name
+            raise RemoteProtocolError(
+                ReasonCode.TOPIC_NAME_INVALID, f"PUBLISH: wildcard in {topic!r}"
+            )
+        if cache is not None:
+            cache.topic_raw = raw_topic
+            cache.topic = topic
     pkt = Publish(topic, b"", qos, bool(flags & 0x01), bool(dup))
     if qos:
         if pos + 2 > end:
@@ -500,7 +531,7 @@ def _decode_publish_at(flags: int, view: bytes, start: int, end: int, version: i
         if view[pos] == 0:  # no properties: the common case
             pos += 1
         else:
-            pos = _scan_publish_properties(pkt, view, pos, end)
+            pos = _scan_publish_properties(pkt, view, pos, end, cache)
         if not topic and pkt.topic_alias is None:
             raise RemoteProtocolError(_PROTOCOL, "PUBLISH: empty topic name without topic alias")
     elif not topic:
@@ -509,7 +540,9 @@ def _decode_publish_at(flags: int, view: bytes, start: int, end: int, version: i
     return pkt
 
 
-def _scan_publish_properties(pkt: Publish, body: bytes, pos: int, limit: int) -> int:
+def _scan_publish_properties(
+    pkt: Publish, body: bytes, pos: int, limit: int, cache: _PublishCache | None = None
+) -> int:
     """Validate a PUBLISH property block and pick out the per-message fields; return its end.
 
     Hand-inlined, as it runs for every PUBLISH with properties: strings are checked for U+0000
@@ -525,6 +558,14 @@ def _scan_publish_properties(pkt: Publish, body: bytes, pos: int, limit: int) ->
     if end > limit:
         raise RemoteProtocolError(_MALFORMED, f"PUBLISH: property length {length} exceeds packet")
     raw = body[pos:end]
+    if cache is not None and raw == cache.props_raw:
+        pkt.props_raw = cache.props_raw
+        pkt.topic_alias = cache.alias
+        pkt.message_expiry_interval = cache.expiry
+        pkt.payload_format_indicator = cache.format
+        if cache.sub_ids:
+            pkt.subscription_identifiers = list(cache.sub_ids)
+        return end
     pkt.props_raw = raw
     check_utf8 = not raw.isascii()
     find = raw.find
@@ -597,6 +638,12 @@ def _scan_publish_properties(pkt: Publish, body: bytes, pos: int, limit: int) ->
         raise RemoteProtocolError(_MALFORMED, "PUBLISH: truncated property") from None
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError(_MALFORMED, f"PUBLISH: invalid UTF-8 ({exc.reason})") from None
+    if cache is not None:
+        cache.props_raw = raw
+        cache.alias = pkt.topic_alias
+        cache.expiry = pkt.message_expiry_interval
+        cache.format = pkt.payload_format_indicator
+        cache.sub_ids = tuple(pkt.subscription_identifiers)
     return end
 
 
@@ -1052,12 +1099,13 @@ class PacketDecoder:
         max_packet_size: the largest whole packet (fixed header included) accepted.
     """
 
-    __slots__ = ("_buf", "max_packet_size", "version")
+    __slots__ = ("_buf", "_cache", "max_packet_size", "version")
 
     def __init__(self, version: int = _V5, max_packet_size: int = MAX_PACKET_SIZE) -> None:
         self.version = version
         self.max_packet_size = max_packet_size
         self._buf = b""
+        self._cache = _PublishCache()
 
     @property
     def buffered(self) -> int:
@@ -1076,6 +1124,7 @@ class PacketDecoder:
         end = len(view)
         version = self.version
         limit = self.max_packet_size
+        cache = self._cache
         try:
             while end - pos >= 2:
                 first = view[pos]
@@ -1101,7 +1150,9 @@ class PacketDecoder:
                     break
                 pos += total
                 if first >> 4 == 3:  # PUBLISH: straight to its decoder, no copy of the body
-                    out.append(_decode_publish_at(first & 0x0F, view, body_start, pos, version))
+                    out.append(
+                        _decode_publish_at(first & 0x0F, view, body_start, pos, version, cache)
+                    )
                     continue
                 packet = decode_packet(first, view[body_start:pos], version)
                 out.append(packet)
