@@ -461,3 +461,28 @@ class TestV311Interop:
                 assert await c.closed() == []
 
         run(main())
+
+
+class TestVerbatimForwarding:
+    def test_qos0_forwarded_verbatim_only_where_nothing_varies(self) -> None:
+        async def main() -> None:
+            async with started_broker() as b:
+                v5 = await RawClient.connect(b.ports[0], "v5")
+                await v5.subscribe("vb/#")
+                v4 = await RawClient.connect(b.ports[0], "v4", version=4)
+                await v4.subscribe("vb/#")
+                sid = await RawClient.connect(b.ports[0], "sid")
+                await sid.subscribe("vb/#", properties=Properties(subscription_identifiers=[5]))
+                pub = await RawClient.connect(b.ports[0], "p")
+                sent = Publish("vb/1", b"data", properties=Properties(user_properties=[("a", "b")]))
+                pub.send(sent)
+                got5 = await v5.expect(Publish)
+                assert got5.encode(5) == sent.encode(5)  # the very bytes
+                got4 = await v4.expect(Publish)
+                assert got4.payload == b"data"
+                assert got4.properties == Properties()  # 3.1.1 carries no properties
+                got_sid = await sid.expect(Publish)
+                assert got_sid.properties.subscription_identifiers == [5]
+                assert got_sid.properties.user_properties == [("a", "b")]
+
+        run(main())

@@ -538,7 +538,9 @@ class MqttBroker:
     def _deliver(self, session: Session, delivery: Delivery) -> None:
         handler = session.handler
         if handler is not None and handler.accepted:
-            handler.deliver(delivery, self.loop.time())
+            # the clock matters only for a message with an expiry
+            now = self.loop.time() if delivery.message.expiry_at is not None else 0.0
+            handler.deliver(delivery, now)
             self.mark_dirty(handler)
         elif delivery.qos:
             self.enqueue(session, delivery)

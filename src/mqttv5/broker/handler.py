@@ -60,7 +60,10 @@ class ClientHandler(asyncio.Protocol):
         self.loop = broker.loop
         now = self.loop.time()
         self.created_at = now
-        self.conn = Connection(SERVER, max_packet_size=listener.max_packet_size, now=now)
+        self.now = now  # the loop's clock when the current data arrived
+        self.conn = Connection(
+            SERVER, max_packet_size=listener.max_packet_size, now=now, keep_raw=True
+        )
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self.generation = -1
@@ -113,7 +116,8 @@ class ClientHandler(asyncio.Protocol):
         broker = self.broker
         broker.counters.bytes_received += len(data)
         conn = self.conn
-        conn.receive_data(data, self.loop.time())
+        self.now = now = self.loop.time()
+        conn.receive_data(data, now)
         events = conn.events_received()
         if events:
             held = self._held
@@ -406,7 +410,7 @@ class ClientHandler(asyncio.Protocol):
         if code == _RC.SUCCESS:
             if self.mount:
                 packet.topic = self.mount + topic  # Mosquitto's mount_point
-            message = BrokerMessage.from_publish(packet, self.client_id, self.loop.time())
+            message = BrokerMessage.from_publish(packet, self.client_id, self.now)
             if packet.retain and broker.config.retain_available:
                 broker.set_retained(message)
             if not broker.router.route(message) and qos:

@@ -13,7 +13,7 @@ import itertools
 import math
 from typing import Final
 
-from mqttv5.protocol.codec import encode_varint
+from mqttv5.protocol.codec import VARINTS, encode_varint
 from mqttv5.protocol.packets import Publish
 from mqttv5.protocol.properties import Properties, decode_properties, strip_properties
 
@@ -41,6 +41,7 @@ class BrokerMessage:
     __slots__ = (
         "_cache",
         "_tail_cache",
+        "_topic_field",
         "expiry_at",
         "id",
         "origin",
@@ -48,10 +49,10 @@ class BrokerMessage:
         "payload_format_indicator",
         "props",
         "qos",
+        "raw",
         "received_at",
         "retain",
         "topic",
-        "topic_field",
     )
 
     def __init__(
@@ -65,11 +66,10 @@ class BrokerMessage:
         origin: str = "",
         received_at: float = 0.0,
         payload_format_indicator: int | None = None,
+        raw: bytes | None = None,
     ) -> None:
         self.id = next(_ids)
         self.topic = topic
-        tb = topic.encode("utf-8")
-        self.topic_field = len(tb).to_bytes(2, "big") + tb
         self.payload = payload
         self.qos = qos
         self.retain = retain
@@ -78,27 +78,47 @@ class BrokerMessage:
         self.origin = origin
         self.received_at = received_at
         self.payload_format_indicator = payload_format_indicator
-        self._cache: dict[int, bytes] = {}
-        self._tail_cache: dict[tuple[int, tuple[int, ...]], bytes] = {}
+        self.raw = raw
+        self._topic_field: bytes | None = None
+        self._cache: dict[int, bytes] | None = None
+        self._tail_cache: dict[tuple[int, ...], bytes] | None = None
 
     @classmethod
     def from_publish(cls, packet: Publish, origin: str, now: float) -> BrokerMessage:
-        """Build from a received PUBLISH (its topic alias already resolved)."""
-        raw = packet.props_raw
-        if raw and (packet.topic_alias is not None or packet.message_expiry_interval is not None):
-            raw = strip_properties(raw, _DROP_ON_FORWARD)
+        """Build from a received PUBLISH (its topic alias already resolved).
+
+        An MQTT 5.0 QoS 0 PUBLISH with no Topic Alias and no Message Expiry is kept as received
+        (``packet.raw``): a v5 QoS 0 subscriber without Subscription Identifiers gets those very
+        bytes, forwarded verbatim.
+        """
+        props = packet.props_raw
         mei = packet.message_expiry_interval
+        verbatim = packet.raw
+        if packet.topic_alias is not None or mei is not None:
+            verbatim = None
+            if props:
+                props = strip_properties(props, _DROP_ON_FORWARD)
         return cls(
             packet.topic,
             packet.payload,
             packet.qos,
             packet.retain,
-            raw,
+            props,
             now + mei if mei is not None else None,
             origin,
             now,
             packet.payload_format_indicator,
+            verbatim if not packet.qos else None,
         )
+
+    @property
+    def topic_field(self) -> bytes:
+        """The encoded topic name field (length prefix and UTF-8 bytes)."""
+        field = self._topic_field
+        if field is None:
+            tb = self.topic.encode("utf-8")
+            field = self._topic_field = len(tb).to_bytes(2, "big") + tb
+        return field
 
     @property
     def properties(self) -> Properties:
@@ -119,6 +139,10 @@ class BrokerMessage:
     def _props_block(
         self, sub_ids: tuple[int, ...], expiry: int | None, alias: int | None
     ) -> bytes:
+        if expiry is None and alias is None and not sub_ids:
+            props = self.props
+            n = len(props)
+            return (VARINTS[n] if n < 16384 else encode_varint(n)) + props
         parts = []
         if expiry is not None:
             parts.append(b"\x02" + expiry.to_bytes(4, "big"))
@@ -156,20 +180,26 @@ class BrokerMessage:
             dup: the DUP flag (retransmission).
             topic: a different topic name to send (a listener's mount point removed).
         """
-        expiry = None if self.expiry_at is None else max(0, math.ceil(self.expiry_at - now))
-        simple = expiry is None and alias is None and not sub_ids and not dup and topic is None
-        if simple and not qos:
-            key = version << 1 | retain
-            cached = self._cache.get(key)
-            if cached is not None:
-                return cached
+        expiry_at = self.expiry_at
+        expiry = None if expiry_at is None else max(0, math.ceil(expiry_at - now))
+        simple = expiry is None and alias is None and not sub_ids and not qos and topic is None
+        if simple:
+            raw = self.raw
+            if raw is not None and version == 5 and retain == self.retain:
+                return raw  # forwarded verbatim
+            cache = self._cache
+            if cache is not None:
+                cached = cache.get(version << 1 | retain)
+                if cached is not None:
+                    return cached
         if version == 5:
             if expiry is None and alias is None:
-                tkey = (version, sub_ids)
-                tail = self._tail_cache.get(tkey)
+                tails = self._tail_cache
+                if tails is None:
+                    tails = self._tail_cache = {}
+                tail = tails.get(sub_ids)
                 if tail is None:
-                    tail = self._props_block(sub_ids, None, None) + self.payload
-                    self._tail_cache[tkey] = tail
+                    tail = tails[sub_ids] = self._props_block(sub_ids, None, None) + self.payload
             else:
                 tail = self._props_block(sub_ids, expiry, alias) + self.payload
         else:
@@ -184,12 +214,28 @@ class BrokerMessage:
         first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
         if qos:
             assert packet_id is not None
-            pid = bytes((packet_id >> 8, packet_id & 0xFF))
             rem = len(topic_field) + 2 + len(tail)
-            return b"".join((bytes((first,)), encode_varint(rem), topic_field, pid, tail))
+            return b"".join(
+                (
+                    bytes((first,)),
+                    VARINTS[rem] if rem < 16384 else encode_varint(rem),
+                    topic_field,
+                    packet_id.to_bytes(2, "big"),
+                    tail,
+                )
+            )
         rem = len(topic_field) + len(tail)
-        data = b"".join((bytes((first,)), encode_varint(rem), topic_field, tail))
+        data = b"".join(
+            (
+                bytes((first,)),
+                VARINTS[rem] if rem < 16384 else encode_varint(rem),
+                topic_field,
+                tail,
+            )
+        )
         if simple:
+            if self._cache is None:
+                self._cache = {}
             self._cache[version << 1 | retain] = data
         return data
 

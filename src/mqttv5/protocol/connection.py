@@ -174,6 +174,8 @@ class Connection:
             CONNACK; client: in CONNECT).
         version: protocol level a client speaks (the server learns it from CONNECT).
         now: the current time, in seconds on any monotonic clock.
+        keep_raw: keep each received PUBLISH's bytes in ``Publish.raw`` (for verbatim
+            forwarding).
     """
 
     def __init__(
@@ -184,12 +186,14 @@ class Connection:
         max_packet_size: int = MAX_PACKET_SIZE,
         version: int = 5,
         now: float = 0.0,
+        keep_raw: bool = False,
     ) -> None:
         self.role = role
         self.state = CONNECTING
         self.version = version
         self.inflight = inflight if inflight is not None else Inflight()
         self._decoder = PacketDecoder(version, max_packet_size)
+        self._decoder.keep_raw = keep_raw
         self._events: list[Event] = []
         self._out: list[bytes] = []
         self.closed_event: Closed | None = None

@@ -22,6 +22,7 @@ from .codec import (
     encode_binary,
     encode_string,
     encode_varint,
+    varint_size,
 )
 from .constants import PacketType
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -323,6 +324,7 @@ class Publish:
         "payload_format_indicator",
         "props_raw",
         "qos",
+        "raw",
         "retain",
         "subscription_identifiers",
         "topic",
@@ -336,6 +338,7 @@ class Publish:
     dup: bool
     packet_id: int | None
     props_raw: bytes
+    raw: bytes | None
     topic_alias: int | None
     message_expiry_interval: int | None
     payload_format_indicator: int | None
@@ -358,6 +361,7 @@ class Publish:
         self.retain = retain
         self.dup = dup
         self.packet_id = packet_id
+        self.raw = None
         if properties is None:
             # no properties: nothing to encode (the common case on the hot path)
             self._properties = None
@@ -1097,15 +1101,18 @@ class PacketDecoder:
     Attributes:
         version: protocol level used to decode (set it after CONNECT/CONNACK).
         max_packet_size: the largest whole packet (fixed header included) accepted.
+        keep_raw: keep each PUBLISH's bytes as received in ``Publish.raw`` (the broker
+            forwards them verbatim when nothing varies).
     """
 
-    __slots__ = ("_buf", "_cache", "max_packet_size", "version")
+    __slots__ = ("_buf", "_cache", "keep_raw", "max_packet_size", "version")
 
     def __init__(self, version: int = _V5, max_packet_size: int = MAX_PACKET_SIZE) -> None:
         self.version = version
         self.max_packet_size = max_packet_size
         self._buf = b""
         self._cache = _PublishCache()
+        self.keep_raw = False
 
     @property
     def buffered(self) -> int:
@@ -1125,6 +1132,7 @@ class PacketDecoder:
         version = self.version
         limit = self.max_packet_size
         cache = self._cache
+        keep_raw = self.keep_raw
         try:
             while end - pos >= 2:
                 first = view[pos]
@@ -1150,9 +1158,12 @@ class PacketDecoder:
                     break
                 pos += total
                 if first >> 4 == 3:  # PUBLISH: straight to its decoder, no copy of the body
-                    out.append(
-                        _decode_publish_at(first & 0x0F, view, body_start, pos, version, cache)
+                    publish = _decode_publish_at(
+                        first & 0x0F, view, body_start, pos, version, cache
                     )
+                    if keep_raw and body_start - pos + total == 1 + varint_size(remaining):
+                        publish.raw = view[pos - total : pos]  # (header in shortest form)
+                    out.append(publish)
                     continue
                 packet = decode_packet(first, view[body_start:pos], version)
                 out.append(packet)
