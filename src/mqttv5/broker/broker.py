@@ -28,13 +28,15 @@ from mqttv5.protocol.packets import Connack, Connect, Disconnect, Will
 from mqttv5.protocol.properties import Properties, strip_properties
 from mqttv5.protocol.reason_codes import ReasonCode
 
-from .auth import AnonymousPolicy, Authenticator
+from .acl import ALLOW_ALL, AclPolicy
+from .auth import Authenticator
 from .config import BrokerConfig, ListenerSettings, is_loopback
 from .handler import ClientHandler
 from .message import BrokerMessage, Delivery
 from .metrics import Counters
 from .reload import ReloadRegistry
 from .router import Router
+from .security import Security
 from .sessions import EXPIRY_NEVER, Session, SessionRegistry, SubEntry
 from .storage import MemoryStore, SessionStore, StoredSession
 from .sys_topics import SysPublisher
@@ -55,6 +57,7 @@ class ListenerRuntime:
     max_packet_size: int
     authenticator: Authenticator
     is_loopback: bool
+    acl: AclPolicy = ALLOW_ALL
     server: asyncio.Server | None = None
     connections: int = 0
 
@@ -76,7 +79,7 @@ class MqttBroker:
         authenticator: Authenticator | None = None,
     ) -> None:
         self.config = config if config is not None else BrokerConfig()
-        self.authenticator = authenticator
+        self.security = Security(authenticator)
         self.store: SessionStore = store if store is not None else self._make_store()
         self.counters = Counters()
         self.sessions = SessionRegistry()
@@ -94,6 +97,7 @@ class MqttBroker:
         self._all_gone: asyncio.Event | None = None
         self.reloads = ReloadRegistry()
         self.reloads.register("core", self._reload_core)
+        self.reloads.register("security", self.security.reload)
         self.queued_total = 0  # payload bytes in all session queues
         self.reading_paused = False
         self._paused_readers: set[ClientHandler] = set()
@@ -138,20 +142,14 @@ class MqttBroker:
 
     async def _open_listener(self, settings: ListenerSettings) -> None:
         cfg = self.config
-        for key, value in (
-            ("password_file", cfg.effective_password_file(settings)),
-            ("acl_file", cfg.effective_acl_file(settings)),
-        ):
-            if value is not None:
-                # Refuse rather than run with a file nobody reads (it would lock everyone out).
-                raise ConfigError(key, "password and ACL files are not supported in this version")
         allow = cfg.effective_allow_anonymous(settings)
         runtime = ListenerRuntime(
             settings=settings,
             name=settings.name or f"{settings.type}:{settings.bind}:{settings.port}",
             max_packet_size=cfg.effective_max_packet_size(settings),
-            authenticator=self.authenticator or AnonymousPolicy(allow),
+            authenticator=self.security.authenticator_for(cfg, settings),
             is_loopback=is_loopback(settings.bind),
+            acl=self.security.acl_for(cfg, settings),
         )
         try:
             server = await self.loop.create_server(
@@ -217,6 +215,7 @@ class MqttBroker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.store.close()
+        self.security.close()
         if self._closed is not None:
             self._closed.set()
         log.info("broker stopped")
@@ -347,6 +346,13 @@ class MqttBroker:
             handler.refuse(_RC.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
             return
         handler.client_id = client_id
+        acl = handler.listener.acl
+        if connect.will is not None and not acl.can_publish(
+            client_id, handler.username, connect.will.topic
+        ):
+            # the Will could never be published: refuse now rather than drop it later
+            handler.refuse(_RC.NOT_AUTHORIZED, "will topic not authorized")
+            return
         requested = connect.properties.session_expiry_interval or 0
         if v5:
             expiry = requested
@@ -375,6 +381,8 @@ class MqttBroker:
         session.version = connect.protocol_level
         session.expiry_interval = expiry
         session.username = handler.username
+        session.acl = acl
+        session.read_checked = False
         session.will = connect.will
         handler.session = session
         handler.generation = session.generation
@@ -536,6 +544,10 @@ class MqttBroker:
     # delivery
 
     def _deliver(self, session: Session, delivery: Delivery) -> None:
+        if session.read_checked and not session.acl.can_read(
+            session.client_id, session.username, delivery.message.topic
+        ):
+            return  # a partly readable subscription: this topic is not readable [ACL]
         handler = session.handler
         if handler is not None and handler.accepted:
             # the clock matters only for a message with an expiry
@@ -596,7 +608,14 @@ class MqttBroker:
         if entry.retain_handling == 2 or (entry.retain_handling == 1 and not is_new):
             return  # [MQTT-3.3.1-10] [MQTT-3.3.1-11]
         sub_ids = (entry.sub_id,) if entry.sub_id else ()
+        session = handler.session
         for message in self.router.retained.match_now(entry.match_filter, now):
+            if (
+                session is not None
+                and session.read_checked
+                and not session.acl.can_read(session.client_id, session.username, message.topic)
+            ):
+                continue
             qos = min(message.qos, entry.qos)
             # [MQTT-3.3.1-9] retained messages sent on subscribe carry RETAIN 1
             handler.deliver(Delivery(message, qos, True, sub_ids), now)

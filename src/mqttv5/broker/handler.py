@@ -37,6 +37,7 @@ from mqttv5.protocol.properties import Properties
 from mqttv5.protocol.reason_codes import ReasonCode
 from mqttv5.protocol.topics import parse_shared, validate_topic_filter
 
+from .acl import SubscribeAccess
 from .auth import AuthRequest, AuthResult
 from .message import BrokerMessage, Delivery
 from .sessions import Session, SubEntry
@@ -399,6 +400,10 @@ class ClientHandler(asyncio.Protocol):
         if topic.count("/") >= broker.config.max_topic_levels:
             self.conn.fail(_RC.TOPIC_NAME_INVALID, "too many topic levels")
             return
+        if code == _RC.SUCCESS and not self.listener.acl.can_publish(
+            self.client_id, self.username, topic
+        ):
+            code = _RC.NOT_AUTHORIZED  # QoS 0: dropped silently, as the spec allows
         if packet.payload_format_indicator == 1 and code == _RC.SUCCESS:
             try:
                 packet.payload.decode("utf-8")
@@ -480,6 +485,11 @@ class ClientHandler(asyncio.Protocol):
             and len(session.subscriptions) >= cfg.max_subscriptions
         ):
             return _RC.QUOTA_EXCEEDED, None
+        access = self.listener.acl.can_subscribe(self.client_id, self.username, topic_filter)
+        if not access:
+            return _RC.NOT_AUTHORIZED, None
+        if access is SubscribeAccess.PARTIAL:
+            session.read_checked = True  # filter each delivery with can_read
         granted = min(qos, cfg.maximum_qos)
         return ReasonCode(granted), SubEntry(topic_filter, self.mount + inner, group, granted)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 from mqttv5.protocol.connection import Inflight
 from mqttv5.protocol.packets import Will
 
+from .acl import ALLOW_ALL, AclPolicy
 from .message import Delivery
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class Session:
     """The state of one client identifier (section 4.1)."""
 
     __slots__ = (
+        "acl",
         "client_id",
         "disconnected_at",
         "expiry_interval",
@@ -80,6 +82,7 @@ class Session:
         "inflight",
         "queue",
         "queued_bytes",
+        "read_checked",
         "subscriptions",
         "username",
         "version",
@@ -101,6 +104,8 @@ class Session:
         self.disconnected_at: float | None = None
         self.version = 5
         self.username: str | None = None
+        self.acl: AclPolicy = ALLOW_ALL
+        self.read_checked = False  # a subscription is only partly readable: check deliveries
 
     @property
     def online(self) -> bool:
