@@ -347,6 +347,13 @@ class MqttBroker:
             return
         handler.client_id = client_id
         acl = handler.listener.acl
+        will = connect.will
+        if will is not None and will.qos > cfg.maximum_qos:
+            handler.refuse(_RC.QOS_NOT_SUPPORTED, "will QoS above maximum QoS")  # [MQTT-3.2.2-12]
+            return
+        if will is not None and will.retain and not cfg.retain_available:
+            handler.refuse(_RC.RETAIN_NOT_SUPPORTED, "retained will not supported")  # 3.2.2-13
+            return
         if connect.will is not None and not acl.can_publish(
             client_id, handler.username, connect.will.topic
         ):
@@ -510,7 +517,9 @@ class MqttBroker:
         session.queued_bytes = 0
         session.inflight.out.clear()
         for delivery in pending:
-            if isinstance(delivery, Delivery) and delivery.group is not None:
+            # QoS 1 goes to another member of its group; a QoS 2 message never does, as the
+            # ended session may have received it already [MQTT-4.8.2-5]
+            if isinstance(delivery, Delivery) and delivery.group is not None and delivery.qos == 1:
                 self.router.deliver_shared(delivery.message, delivery.group, session)
         if will is not None:
             self.publish_will(will, session.client_id, now)

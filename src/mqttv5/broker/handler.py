@@ -72,6 +72,7 @@ class ClientHandler(asyncio.Protocol):
         self.username: str | None = None
         self.version = 5
         self.accepted = False  # CONNACK success sent and session attached
+        self.refused = False  # CONNACK with an error sent
         self.paused = False
         self.reading_paused = False
         self.closing = False
@@ -125,18 +126,27 @@ class ClientHandler(asyncio.Protocol):
             if held is not None:
                 held.extend(events)
             else:
-                dispatch = self._dispatch
-                for event in events:
-                    dispatch[type(event)](event)
-                    if self._held is not None:  # an authenticator went async: hold the rest
-                        rest = events[events.index(event) + 1 :]
-                        self._held.extend(rest)
-                        break
+                self._dispatch_events(events)
         broker.mark_dirty(self)
         if broker.reading_paused and not self.reading_paused:
             session = self.session
             if session is None or not session.queue:  # never stall a consumer being drained
                 broker.pause_reader(self)
+
+    def _dispatch_events(self, events: list[Event]) -> None:
+        dispatch = self._dispatch
+        conn = self.conn
+        for index, event in enumerate(events):
+            if type(event) is not Closed:
+                closed = conn.closed_event
+                if self.refused or (closed is not None and closed.error is not None):
+                    # [MQTT-3.1.4-6] nothing after a refused CONNECT (or a protocol error
+                    # later in the same read) is acted upon
+                    continue
+            dispatch[type(event)](event)
+            if self._held is not None:  # an authenticator went async: hold the rest
+                self._held.extend(events[index + 1 :])
+                return
 
     def pause_reading(self) -> None:
         """Stop reading from the socket (global memory limit reached)."""
@@ -320,8 +330,7 @@ class ClientHandler(asyncio.Protocol):
             if self.transport is None:
                 return
             self._auth_answer(answer)
-            for event in held:
-                self._dispatch[type(event)](event)
+            self._dispatch_events(held)
             self.broker.mark_dirty(self)
 
         self.broker.spawn(wait())
@@ -367,6 +376,7 @@ class ClientHandler(asyncio.Protocol):
         from mqttv5.protocol.packets import Connack
 
         props = Properties(reason_string=reason) if reason and self.version == 5 else Properties()
+        self.refused = True
         self.conn.send(Connack(code, False, props))
         self.broker.mark_dirty(self)
 

@@ -258,7 +258,17 @@ class ClientCore:
             conn.fail(_RC.PROTOCOL_ERROR, "unexpected AUTH")
             self._flush()
             return
-        data = await auth.step(packet.reason_code, packet.properties.authentication_data)
+        try:
+            data = await auth.step(packet.reason_code, packet.properties.authentication_data)
+        except Exception:
+            # [MQTT-4.12.1-2] a failed (re-)authentication ends the connection
+            if conn.state is not CLOSED:
+                conn.fail(_RC.NOT_AUTHORIZED, "authentication rejected by the client")
+                self._flush()
+                stream = self._stream
+                if stream is not None and conn is self._conn:
+                    await stream.close()  # the reader sees the end and reports the loss
+            raise
         if conn.state is CLOSED:
             return
         props = Properties(authentication_method=packet.properties.authentication_method)

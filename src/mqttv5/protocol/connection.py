@@ -199,6 +199,9 @@ class Connection:
         self.closed_event: Closed | None = None
         self._connect_seen = False
         self._sent_clean_start = False
+        self._request_problem_information = True
+        # A server holds automatic answers (PINGRESP, PUBCOMP ...) until its CONNACK is sent.
+        self._held_out: list[bytes] | None = [] if role is SERVER else None
         self._eof = False
         # What we accept (advertised in our CONNECT or CONNACK).
         self.receive_maximum = 65535
@@ -415,6 +418,7 @@ class Connection:
 
     def _on_puback(self, packet: PubAck) -> None:
         self._require_connected("PUBACK")
+        self._check_problem_information(packet.properties)
         entry = self.inflight.out.get(packet.packet_id)
         if entry is None or entry.qos != 1:
             return  # unknown identifier: nothing to complete (tolerated, as Mosquitto does)
@@ -423,6 +427,7 @@ class Connection:
 
     def _on_pubrec(self, packet: PubRec) -> None:
         self._require_connected("PUBREC")
+        self._check_problem_information(packet.properties)
         pid = packet.packet_id
         entry = self.inflight.out.get(pid)
         if entry is None or entry.qos != 2:
@@ -440,6 +445,7 @@ class Connection:
 
     def _on_pubrel(self, packet: PubRel) -> None:
         self._require_connected("PUBREL")
+        self._check_problem_information(packet.properties)
         pid = packet.packet_id
         in_qos2 = self.inflight.in_qos2
         if pid in in_qos2:
@@ -451,6 +457,7 @@ class Connection:
 
     def _on_pubcomp(self, packet: PubComp) -> None:
         self._require_connected("PUBCOMP")
+        self._check_problem_information(packet.properties)
         entry = self.inflight.out.get(packet.packet_id)
         if entry is None or entry.qos != 2:
             return
@@ -470,10 +477,22 @@ class Connection:
                     )
         self._events.append(packet)
 
+    def _check_problem_information(self, props: Properties | None) -> None:
+        # [MQTT-3.1.2-29] with Request Problem Information 0, only PUBLISH, CONNACK and
+        # DISCONNECT may carry a Reason String or User Properties: the client answers 0x82
+        if (
+            not self._request_problem_information
+            and self.role is CLIENT
+            and props is not None
+            and (props.reason_string is not None or props.user_properties)
+        ):
+            raise RemoteProtocolError(_RC.PROTOCOL_ERROR, "Reason String or User Property sent")
+
     def _on_suback(self, packet: Suback | Unsuback) -> None:
         if self.role is SERVER:
             raise RemoteProtocolError(_RC.PROTOCOL_ERROR, "server received SUBACK/UNSUBACK")
         self._require_connected("SUBACK")
+        self._check_problem_information(packet.properties)
         self._pending_requests.pop(packet.packet_id, None)
         self._events.append(packet)
 
@@ -506,6 +525,7 @@ class Connection:
     def _on_auth(self, packet: Auth) -> None:
         if self.role is SERVER and not self._connect_seen:
             raise RemoteProtocolError(_RC.PROTOCOL_ERROR, "AUTH before CONNECT")
+        self._check_problem_information(packet.properties)
         self._events.append(packet)
 
     # -----------------------------------------------------------------------------------------
@@ -522,9 +542,12 @@ class Connection:
         Raises:
             LocalProtocolError: the packet breaks a rule (wrong direction, QoS above the peer's
                 maximum, Receive Maximum exhausted, too large, ...).
-            InvalidState: the connection is closed.
+            InvalidState: the connection is closed (client side; on the server side a packet
+                for a closed connection is dropped).
         """
         if self.state is CLOSED:
+            if self.role is SERVER:
+                return  # the owner learns of the close from the Closed event; nothing to send
             raise InvalidState("connection is closed")
         ptype = self._type_of[type(packet)]
         if ptype == _P.PUBLISH:
@@ -550,13 +573,20 @@ class Connection:
         data = packet.encode(self.version)
         if len(data) > self.peer_maximum_packet_size:
             data = self._shrink(packet, data)
-        self._write(data)
+        if ptype == _P.CONNACK or ptype == _P.AUTH:
+            self._out.append(data)  # the only packets a server sends before CONNACK
+        else:
+            self._write(data)
         if ptype == _P.CONNACK:
             assert isinstance(packet, Connack)
+            held, self._held_out = self._held_out, None
             if packet.reason_code.is_error:
+                # [MQTT-3.1.4-6] nothing the client sent after a refused CONNECT is answered
                 self._close(Closed(sent=packet.reason_code, reason_string=_rs(packet.properties)))
             else:
                 self.state = CONNECTED
+                if held:
+                    self._out.extend(held)  # [MQTT-3.2.0-1] answers wait for the CONNACK
         elif ptype == _P.DISCONNECT:
             assert isinstance(packet, Disconnect)
             self._close(Closed(sent=packet.reason_code, reason_string=_rs(packet.properties)))
@@ -584,6 +614,7 @@ class Connection:
         self.version = self._decoder.version = packet.protocol_level
         self.keep_alive = packet.keep_alive
         self._sent_clean_start = packet.clean_start
+        self._request_problem_information = packet.properties.request_problem_information != 0
         props = packet.properties
         if props.receive_maximum is not None:
             self.receive_maximum = props.receive_maximum
@@ -673,7 +704,11 @@ class Connection:
         self._out.append(data)
 
     def _write(self, data: bytes) -> None:
-        self._out.append(data)
+        held = self._held_out
+        if held is not None:
+            held.append(data)  # a server answers nothing before its CONNACK [MQTT-3.2.0-1]
+        else:
+            self._out.append(data)
 
     @property
     def send_quota(self) -> int:
@@ -787,10 +822,14 @@ class Connection:
                 sent = code
             elif self.role is SERVER:
                 # Before CONNACK a server refuses with CONNACK [MQTT-3.2.2-7] [MQTT-4.13.1-1]
-                self._write(Connack(code if code.is_error else _RC.UNSPECIFIED_ERROR).encode(5))
+                self._held_out = None
+                self._out.append(
+                    Connack(code if code.is_error else _RC.UNSPECIFIED_ERROR).encode(5)
+                )
                 sent = code
         elif self.role is SERVER and self.state is CONNECTING and self._connect_seen:
-            self._write(Connack(code).encode(self.version))
+            self._held_out = None
+            self._out.append(Connack(code).encode(self.version))
             sent = code
         self._close(Closed(sent=sent, reason_string=exc.message, error=exc))
 
