@@ -200,6 +200,7 @@ class Connection:
         self._connect_seen = False
         self._sent_clean_start = False
         self._request_problem_information = True
+        self._first_type: int | None = None
         # A server holds automatic answers (PINGRESP, PUBCOMP ...) until its CONNACK is sent.
         self._held_out: list[bytes] | None = [] if role is SERVER else None
         self._eof = False
@@ -271,6 +272,8 @@ class Connection:
         """
         if self.state is CLOSED or not data:
             return
+        if self._first_type is None:
+            self._first_type = data[0] >> 4  # a refusing CONNACK answers only a CONNECT
         self.last_received = now
         try:
             packets = self._decoder.feed(data)
@@ -820,7 +823,7 @@ class Connection:
                     data = Disconnect(code).encode(5)
                 self._write(data)
                 sent = code
-            elif self.role is SERVER:
+            elif self.role is SERVER and (self._connect_seen or self._first_type == _P.CONNECT):
                 # Before CONNACK a server refuses with CONNACK [MQTT-3.2.2-7] [MQTT-4.13.1-1]
                 self._held_out = None
                 self._out.append(
