@@ -486,3 +486,20 @@ class TestVerbatimForwarding:
                 assert got_sid.properties.user_properties == [("a", "b")]
 
         run(main())
+
+
+class TestLimits:
+    def test_max_subscriptions_per_client(self) -> None:
+        async def main() -> None:
+            async with started_broker(max_subscriptions=2) as b:
+                c = await RawClient.connect(b.ports[0], "lim")
+                suback = await c.subscribe("a", "b", "c")
+                assert suback.reason_codes == [
+                    ReasonCode.GRANTED_QOS_0,
+                    ReasonCode.GRANTED_QOS_0,
+                    ReasonCode.QUOTA_EXCEEDED,
+                ]
+                again = await c.subscribe("a", qos=1, packet_id=2)  # replacing is not adding
+                assert again.reason_codes == [ReasonCode.GRANTED_QOS_1]
+
+        run(main())
