@@ -33,11 +33,13 @@ def test_memory_store_is_the_default_and_keeps_nothing() -> None:
     assert broker.store.load().sessions == []
 
 
-def test_unavailable_storage_is_a_config_error() -> None:
-    config = dataclasses.replace(BrokerConfig(), storage="sqlite")
+def test_unusable_data_dir_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = dataclasses.replace(BrokerConfig(), storage="sqlite", data_dir=str(blocker))
     with pytest.raises(ConfigError) as info:
         MqttBroker(config)
-    assert info.value.key == "storage"
+    assert info.value.key == "data_dir"
 
 
 class RecordingStore(MemoryStore):
@@ -46,19 +48,15 @@ class RecordingStore(MemoryStore):
 
     def save_session(self, session):  # type: ignore[no-untyped-def]
         self.calls.append(("save_session", session.client_id))
-        return COMMITTED
 
     def save_subscription(self, client_id, entry):  # type: ignore[no-untyped-def]
         self.calls.append(("save_subscription", entry.topic_filter))
-        return COMMITTED
 
     def delete_subscription(self, client_id, topic_filter):  # type: ignore[no-untyped-def]
         self.calls.append(("delete_subscription", topic_filter))
-        return COMMITTED
 
     def save_retained(self, message):  # type: ignore[no-untyped-def]
         self.calls.append(("save_retained", message.topic))
-        return COMMITTED
 
 
 def test_broker_mirrors_persistent_state_to_the_store() -> None:

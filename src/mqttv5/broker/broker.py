@@ -17,12 +17,12 @@ import gc
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mqttv5.protocol.connection import Closed
+from mqttv5.protocol.connection import Closed, OutFlight
 from mqttv5.protocol.errors import ConfigError
 from mqttv5.protocol.packets import Connack, Connect, Disconnect, Will
 from mqttv5.protocol.properties import Properties, strip_properties
@@ -30,7 +30,13 @@ from mqttv5.protocol.reason_codes import ReasonCode
 
 from .acl import ALLOW_ALL, AclPolicy
 from .auth import Authenticator
-from .config import BrokerConfig, ListenerSettings, is_loopback
+from .config import (
+    TLS_LISTENER_TYPES,
+    WS_LISTENER_TYPES,
+    BrokerConfig,
+    ListenerSettings,
+    is_loopback,
+)
 from .handler import ClientHandler
 from .message import BrokerMessage, Delivery
 from .metrics import Counters
@@ -38,8 +44,13 @@ from .reload import ReloadRegistry
 from .router import Router
 from .security import Security
 from .sessions import EXPIRY_NEVER, Session, SessionRegistry, SubEntry
-from .storage import MemoryStore, SessionStore, StoredSession
+from .storage import MemoryStore, SessionStore, StorageError, StoredSession, StoredState
+from .storage.sqlite import SqliteStore
 from .sys_topics import SysPublisher
+from .tls import ServerTls, TlsAcceptor, with_certificate_auth
+
+if TYPE_CHECKING:
+    from .websocket import WebSocketOptions
 
 __all__ = ["ListenerRuntime", "MqttBroker"]
 
@@ -50,7 +61,12 @@ _WILL_DROP = frozenset({0x02, 0x18})  # Message Expiry (kept as expiry_at), Will
 
 @dataclass(slots=True)
 class ListenerRuntime:
-    """A listener's settings as the handlers use them, and its server object."""
+    """A listener's settings as the handlers use them, and its server object.
+
+    ``tls`` holds the current SSL context of a ``tls``/``wss`` listener (rebuilt on SIGHUP);
+    ``websocket`` the compiled settings of a ``ws``/``wss`` one. A WebSocket listener is never
+    ``is_loopback``: a reverse proxy on this host may forward clients from anywhere.
+    """
 
     settings: ListenerSettings
     name: str
@@ -60,6 +76,8 @@ class ListenerRuntime:
     acl: AclPolicy = ALLOW_ALL
     server: asyncio.Server | None = None
     connections: int = 0
+    tls: ServerTls | None = None
+    websocket: WebSocketOptions | None = None
 
 
 class MqttBroker:
@@ -95,6 +113,7 @@ class MqttBroker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sys: SysPublisher | None = None
         self._all_gone: asyncio.Event | None = None
+        self.persisted = 0  # writes of deliveries to the store: a PUBACK must wait for them
         self.reloads = ReloadRegistry()
         self.reloads.register("core", self._reload_core)
         self.reloads.register("security", self.security.reload)
@@ -105,11 +124,10 @@ class MqttBroker:
     def _make_store(self) -> SessionStore:
         if self.config.storage == "memory":
             return MemoryStore()
-        raise ConfigError(
-            "storage",
-            f"storage {self.config.storage!r} is not available in this version; "
-            'use storage = "memory"',
-        )
+        try:
+            return SqliteStore(self.config.data_dir)
+        except (StorageError, OSError) as exc:
+            raise ConfigError("data_dir", str(exc)) from exc
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -128,6 +146,8 @@ class MqttBroker:
         """
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
+        self.store.clock_offset = time.time() - self._loop.time()
+        self._restore(self.store.load())
         try:
             for settings in self.config.effective_listeners():
                 await self._open_listener(settings)
@@ -143,24 +163,28 @@ class MqttBroker:
     async def _open_listener(self, settings: ListenerSettings) -> None:
         cfg = self.config
         allow = cfg.effective_allow_anonymous(settings)
+        websocket = settings.type in WS_LISTENER_TYPES
         runtime = ListenerRuntime(
             settings=settings,
             name=settings.name or f"{settings.type}:{settings.bind}:{settings.port}",
             max_packet_size=cfg.effective_max_packet_size(settings),
-            authenticator=self.security.authenticator_for(cfg, settings),
-            is_loopback=is_loopback(settings.bind),
+            authenticator=with_certificate_auth(
+                settings, self.security.authenticator_for(cfg, settings), allow
+            ),
+            is_loopback=is_loopback(settings.bind) and not websocket,
             acl=self.security.acl_for(cfg, settings),
         )
         try:
             server = await self.loop.create_server(
-                lambda: ClientHandler(self, runtime),
+                self._protocol_factory(runtime),
                 host=settings.bind,
                 port=settings.port,
                 reuse_address=True,
                 backlog=1024,
             )
         except OSError as exc:
-            if settings.bind == "::1" and not self.config.listeners:  # default listener only
+            if settings.bind == "::1" and self._has_ipv4_twin(settings):
+                # the default pair (or --port's): 127.0.0.1 still serves local clients
                 log.warning("IPv6 loopback unavailable; not listening on [::1]: %s", exc)
                 return
             raise OSError(
@@ -177,6 +201,45 @@ class MqttBroker:
                 "machine, anonymous access allowed on %s.",
                 runtime.name,
             )
+
+    def _has_ipv4_twin(self, settings: ListenerSettings) -> bool:
+        """Whether a 127.0.0.1 listener of the same type and port stands next to this ::1 one."""
+        return any(
+            other.bind == "127.0.0.1" and (other.type, other.port) == (settings.type, settings.port)
+            for other in self.config.effective_listeners()
+        )
+
+    def _protocol_factory(self, runtime: ListenerRuntime) -> Callable[[], asyncio.Protocol]:
+        """What accepts a connection on ``runtime``: a ClientHandler, behind the WebSocket
+        adapter (ws, wss) and the TLS handshake (tls, wss). Builds the listener's SSL context
+        (registered for SIGHUP reload) and WebSocket settings.
+
+        Raises:
+            ConfigError: a certificate, key, CA or CRL file cannot be loaded.
+        """
+        settings = runtime.settings
+        timeout = self.config.connect_timeout
+
+        def handler() -> asyncio.Protocol:
+            return ClientHandler(self, runtime)
+
+        inner: Callable[[], asyncio.Protocol] = handler
+        if settings.type in WS_LISTENER_TYPES:
+            from .websocket import WebSocketAdapter, WebSocketOptions  # needs websockets
+
+            options = runtime.websocket = WebSocketOptions.from_settings(
+                settings, runtime.max_packet_size
+            )
+
+            def adapter() -> asyncio.Protocol:
+                return WebSocketAdapter(options, handler, self.spawn, runtime.name, timeout)
+
+            inner = adapter
+        if settings.type not in TLS_LISTENER_TYPES:
+            return inner
+        tls = runtime.tls = ServerTls(settings)
+        self.reloads.register(f"tls {runtime.name}", tls.reload)
+        return lambda: TlsAcceptor(tls, inner, self.spawn, runtime.name, timeout)
 
     @property
     def ports(self) -> list[int]:
@@ -318,6 +381,8 @@ class MqttBroker:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self.store.pending:
+            self.store.commit()  # group commit: one transaction per loop tick
         dirty = self._dirty
         self._dirty = set()
         for handler in dirty:
@@ -440,8 +505,52 @@ class MqttBroker:
     @staticmethod
     def _stored(session: Session) -> StoredSession:
         return StoredSession(
-            session.client_id, session.expiry_interval, session.disconnected_at, session.will
+            session.client_id,
+            session.expiry_interval,
+            session.disconnected_at,
+            session.will,
+            session.username,
         )
+
+    def _restore(self, state: StoredState) -> None:
+        """Rebuild sessions, subscriptions, queues, in-flight state and retained messages
+        from the store (start-up). Sessions come back offline; one that was online when the
+        broker stopped counts as disconnected now, and its Will follows the usual rules."""
+        now = self.loop.time()
+        for stored in state.sessions:
+            session = self.sessions.create(stored.client_id)
+            session.expiry_interval = stored.expiry_interval
+            session.username = stored.username
+            session.disconnected_at = (
+                stored.disconnected_at if stored.disconnected_at is not None else now
+            )
+            for entry in stored.subscriptions:
+                self.router.subscribe(session, entry)
+            for item in stored.deliveries:
+                if item.packet_id is not None:
+                    flight = OutFlight(item.packet_id, item.delivery.qos, item.delivery)
+                    flight.released = item.released
+                    session.inflight.out[item.packet_id] = flight
+                else:
+                    session.queue.append(item.delivery)
+                    size = len(item.delivery.message.payload)
+                    session.queued_bytes += size
+                    self.queued_changed(size)
+            session.inflight.in_qos2.update(stored.incoming_qos2)
+            session.will = stored.will
+            if stored.will is not None:
+                # time spent down counts towards the Will Delay
+                self._start_will(session, now, now - session.disconnected_at)
+                if session.will is None:
+                    self.store.save_session(self._stored(session))
+        for message in state.retained:
+            self.router.retained.set(message)
+        if state.sessions or state.retained:
+            log.info(
+                "Restored %d sessions and %d retained messages from storage.",
+                len(state.sessions),
+                len(state.retained),
+            )
 
     def _take_over(self, session: Session, now: float) -> None:
         old = session.handler
@@ -483,12 +592,18 @@ class MqttBroker:
         if session.expiry_interval == 0:
             self.end_session(session, now)  # the Will (if any) goes now: the session ended
             return
-        self.store.save_session(self._stored(session))
+        self._start_will(session, now)
+        self.store.save_session(self._stored(session))  # with the Will still pending, if any
+
+    def _start_will(self, session: Session, now: float, elapsed: float = 0.0) -> None:
+        """The connection ended without a normal DISCONNECT: publish the Will when its delay
+        (or the session) ends, whichever is first; ``elapsed`` of it has passed already."""
         will = session.will
         if will is not None:
-            delay = will.properties.will_delay_interval or 0
+            delay: float = will.properties.will_delay_interval or 0
             if session.expiry_interval != EXPIRY_NEVER:
                 delay = min(delay, session.expiry_interval)
+            delay -= elapsed
             if delay <= 0:
                 session.will = None
                 self.publish_will(will, session.client_id, now)
@@ -500,6 +615,8 @@ class MqttBroker:
         will, session.will = session.will, None
         if will is not None and session.handler is None:
             self.publish_will(will, session.client_id, self.loop.time())
+            if session.expiry_interval and self.sessions.get(session.client_id) is session:
+                self.store.save_session(self._stored(session))  # the Will is spent
 
     def end_session(self, session: Session, now: float) -> None:
         """End a session: publish its pending Will, drop its subscriptions, and hand its
@@ -582,9 +699,14 @@ class MqttBroker:
             dropped = queue.popleft()
             session.queued_bytes -= len(dropped.message.payload)
             self.queued_changed(-len(dropped.message.payload))
+            if session.expiry_interval and self.store.durable:
+                self.store.delivery_dropped(session.client_id, dropped.message.id)
         queue.append(delivery)
         session.queued_bytes += size
         self.queued_changed(size)
+        if session.expiry_interval and self.store.durable:
+            self.store.add_delivery(session.client_id, delivery, None)
+            self.persisted += 1
 
     def queued_changed(self, delta: int) -> None:
         """Account for bytes entering or leaving session queues; above ``memory_limit`` the

@@ -85,7 +85,7 @@ class ClientHandler(asyncio.Protocol):
             PubAck: self._on_ack_out,
             PubComp: self._on_ack_out,
             PubRec: self._on_pubrec,
-            PubRel: _ignore,
+            PubRel: self._on_pubrel,
             Subscribe: self._on_subscribe,
             Unsubscribe: self._on_unsubscribe,
             Pingreq: _ignore,
@@ -240,7 +240,7 @@ class ClientHandler(asyncio.Protocol):
             return self.conn.outbound_alias(topic)
         return None, False
 
-    def _send_qos(self, delivery: Delivery, now: float) -> None:
+    def _send_qos(self, delivery: Delivery, now: float, queued: bool = False) -> None:
         conn = self.conn
         pid = conn.next_packet_id()
         message = delivery.message
@@ -250,13 +250,26 @@ class ClientHandler(asyncio.Protocol):
             self.version, delivery.qos, delivery.retain, pid, delivery.sub_ids, now, alias, known,
             topic=topic,
         )  # fmt: skip
+        session = self.session
+        durable = self.broker.store.durable and session is not None and session.expiry_interval
         if conn.send_publish(data, pid, delivery.qos, delivery):
             self.broker.counters.publish_sent += 1
             if alias is not None and not known:
                 conn.record_alias(topic or message.topic, alias)
+            if durable:
+                assert session is not None
+                store = self.broker.store
+                if queued:
+                    store.delivery_sent(session.client_id, message.id, pid)
+                else:
+                    store.add_delivery(session.client_id, delivery, pid)
+                    self.broker.persisted += 1
         else:
             # [MQTT-3.1.2-25] too large for this client: discarded, as if delivered
             self.broker.counters.dropped_too_large += 1
+            if durable and queued:
+                assert session is not None
+                self.broker.store.delivery_dropped(session.client_id, message.id)
 
     def drain_queue(self) -> None:
         """Send queued QoS 1/2 deliveries while the client's Receive Maximum allows."""
@@ -273,8 +286,10 @@ class ClientHandler(asyncio.Protocol):
             self.broker.queued_changed(-size)
             if delivery.message.expired(now):
                 self.broker.counters.dropped_expired += 1  # [MQTT-3.3.2-5]
+                if session.expiry_interval and self.broker.store.durable:
+                    self.broker.store.delivery_dropped(session.client_id, delivery.message.id)
                 continue
-            self._send_qos(delivery, now)
+            self._send_qos(delivery, now, queued=True)
 
     def resend_inflight(self) -> None:
         """Retransmit the session's unacknowledged messages after a resume [MQTT-4.4.0-1]."""
@@ -314,6 +329,8 @@ class ClientHandler(asyncio.Protocol):
         request = AuthRequest(
             connect, self.peer[0], self.peer[1], self.listener.name, self.listener.is_loopback, auth
         )
+        if self.transport is not None:  # a TLS client's certificate, for certificate auth
+            request.peer_certificate = self.transport.get_extra_info("peercert") or None
         result = self.listener.authenticator.authenticate(request)
         if isinstance(result, AuthResult):
             self._auth_answer(result)
@@ -422,28 +439,74 @@ class ClientHandler(asyncio.Protocol):
                 if not qos:
                     self.conn.fail(code, "payload is not valid UTF-8")
                     return
+        must_keep = False
         if code == _RC.SUCCESS:
             if self.mount:
                 packet.topic = self.mount + topic  # Mosquitto's mount_point
             message = BrokerMessage.from_publish(packet, self.client_id, self.now)
+            persisted = broker.persisted
             if packet.retain and broker.config.retain_available:
                 broker.set_retained(message)
+                must_keep = True
             if not broker.router.route(message) and qos:
                 code = _RC.NO_MATCHING_SUBSCRIBERS
+            must_keep = must_keep or broker.persisted != persisted
         if qos:
-            assert packet.packet_id is not None
+            pid = packet.packet_id
+            assert pid is not None
             if self.version != 5 and code.is_error:
                 code = _RC.SUCCESS  # 3.1.1 has no way to refuse a PUBLISH: drop it silently
-            self.conn.ack(packet.packet_id, code)
+            store = broker.store
+            session = self.session
+            if qos == 2 and store.durable and session is not None and session.expiry_interval:
+                store.incoming_qos2(session.client_id, pid, True)  # a resend after a restart
+                must_keep = True  # is recognised and not delivered twice
+            if must_keep and store.durable:
+                # The acknowledgement rule: PUBACK/PUBREC only once the message is on disk.
+                generation = self.generation
+                store.ticket().add_done_callback(
+                    lambda ticket: self._ack_after_commit(pid, code, ticket, generation)
+                )
+                return
+            self.conn.ack(pid, code)
 
-    def _on_ack_out(self, packet: PubAck | PubComp) -> None:
+    def _ack_after_commit(self, pid: int, code: ReasonCode, ticket: Any, generation: int) -> None:
+        if self.transport is None or self.generation != generation:
+            return  # the connection is gone: the publisher will resend
+        if ticket.error is not None:
+            # not stored: refuse instead of promising (3.1.1 cannot refuse: close instead)
+            if self.version == 5:
+                code = _RC.QUOTA_EXCEEDED
+            else:
+                self.conn.fail(_RC.UNSPECIFIED_ERROR, "storage failed")
+                self.broker.mark_dirty(self)
+                return
+        with contextlib.suppress(ProtocolError):
+            self.conn.ack(pid, code)
+        self.broker.mark_dirty(self)
+
+    def _on_ack_out(self, packet: PubAck | PubComp | PubRec) -> None:
         self.broker.counters.messages_sent += 1
-        if self.session is not None and self.session.queue:
+        session = self.session
+        if session is None:
+            return
+        if session.expiry_interval and self.broker.store.durable:
+            self.broker.store.delivery_done(session.client_id, packet.packet_id)
+        if session.queue:
             self.drain_queue()
 
     def _on_pubrec(self, packet: PubRec) -> None:
         if packet.reason_code.is_error:
-            self._on_ack_out(packet)  # type: ignore[arg-type]
+            self._on_ack_out(packet)
+            return
+        session = self.session
+        if session is not None and session.expiry_interval and self.broker.store.durable:
+            self.broker.store.delivery_released(session.client_id, packet.packet_id)
+
+    def _on_pubrel(self, packet: PubRel) -> None:
+        session = self.session
+        if session is not None and session.expiry_interval and self.broker.store.durable:
+            self.broker.store.incoming_qos2(session.client_id, packet.packet_id, False)
 
     def _on_subscribe(self, packet: Subscribe) -> None:
         session = self.session

@@ -17,10 +17,17 @@ from mqttv5.protocol.codec import VARINTS, encode_varint
 from mqttv5.protocol.packets import Publish
 from mqttv5.protocol.properties import Properties, decode_properties, strip_properties
 
-__all__ = ["BrokerMessage", "Delivery"]
+__all__ = ["BrokerMessage", "Delivery", "advance_ids"]
 
 _DROP_ON_FORWARD: Final = frozenset({0x02, 0x23})  # Message Expiry (re-added), Topic Alias
 _ids = itertools.count(1)
+
+
+def advance_ids(start: int) -> None:
+    """Make new message ids start at ``start`` or above (after loading stored messages)."""
+    global _ids
+    current = next(_ids)
+    _ids = itertools.count(max(current, start))
 
 
 class BrokerMessage:

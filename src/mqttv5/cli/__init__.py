@@ -1,4 +1,4 @@
-"""The ``mqttv5`` command: ``mqttv5 broker | pub | sub | passwd | bench``.
+"""The ``mqttv5`` command: ``mqttv5 broker | pub | sub | passwd | bench | storage``.
 
 Each subcommand lives in its own module (``mqttv5.cli.<name>``) with a ``main(argv) -> int`` that
 owns its argument parser, so ``-h`` can mean *host* as in Mosquitto's tools (help is ``--help``).
@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "sub": "subscribe and print messages (like mosquitto_sub)",
     "passwd": "manage a password file (like mosquitto_passwd)",
     "bench": "load-test a broker",
+    "storage": "check or compact the broker's durable store",
 }
 
 

@@ -6,7 +6,15 @@ must be kept only once its ticket is done. :class:`MemoryStore` keeps nothing be
 own memory, so its tickets are done at once (``--storage memory``).
 """
 
-from .base import COMMITTED, CommitTicket, SessionStore, StoredSession, StoredState
+from .base import (
+    COMMITTED,
+    CommitTicket,
+    SessionStore,
+    StorageError,
+    StoredDelivery,
+    StoredSession,
+    StoredState,
+)
 from .memory import MemoryStore
 
 __all__ = [
@@ -14,6 +22,8 @@ __all__ = [
     "CommitTicket",
     "MemoryStore",
     "SessionStore",
+    "StorageError",
+    "StoredDelivery",
     "StoredSession",
     "StoredState",
 ]

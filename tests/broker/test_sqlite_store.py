@@ -1,0 +1,399 @@
+"""The durable store: the SQLite file itself, restarts of an in-process broker, and SIGKILL of a
+broker subprocess in the middle of a load (no acknowledged QoS 1/2 message may be lost)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mqttv5.broker.message import BrokerMessage, Delivery
+from mqttv5.broker.sessions import SubEntry
+from mqttv5.broker.storage import StorageError, StoredSession
+from mqttv5.broker.storage.sqlite import SCHEMA_VERSION, SqliteStore
+from mqttv5.protocol.packets import Connack, Connect, PubAck, PubComp, Publish, PubRec, PubRel, Will
+from mqttv5.protocol.properties import Properties
+from tests.broker.conftest import run, started_broker
+from tests.broker.rawclient import RawClient, timeout
+
+KEEP = Properties(session_expiry_interval=3600)
+
+
+class TestStoreFile:
+    def test_round_trip_of_every_kind(self, tmp_path: Path) -> None:
+        store = SqliteStore(str(tmp_path))
+        will = Will("w/t", b"bye", 1, True, Properties(will_delay_interval=5, content_type="x"))
+        store.save_session(StoredSession("c1", 300, None, will, "alice"))
+        entry = SubEntry("a/+", "a/+", None, 1, True, True, 2)
+        entry.sub_id = 42
+        store.save_subscription("c1", entry)
+        props = Properties(user_properties=[("k", "v"), ("k", "w")], content_type="t").encode()
+        msg = BrokerMessage("a/b", b"payload", 1, False, props, None, "pub", 1.0)
+        store.add_delivery("c1", Delivery(msg, 1, False, (42,)), None)
+        msg2 = BrokerMessage("a/c", b"two", 2, False, b"", None, "pub", 1.0)
+        store.add_delivery("c1", Delivery(msg2, 2, False, ()), 7)
+        store.delivery_released("c1", 7)
+        store.incoming_qos2("c1", 9, True)
+        ret = BrokerMessage("r/1", b"kept", 1, True, props, None, "pub", 1.0)
+        store.save_retained(ret)
+        assert store.pending
+        ticket = store.ticket()
+        store.commit()
+        assert ticket.done
+        assert ticket.error is None
+        store.close()
+
+        state = SqliteStore(str(tmp_path)).load()
+        (s,) = state.sessions
+        assert (s.client_id, s.expiry_interval, s.username) == ("c1", 300, "alice")
+        assert s.will == will
+        (sub,) = s.subscriptions
+        assert (sub.topic_filter, sub.qos, sub.no_local, sub.retain_handling, sub.sub_id) == (
+            "a/+", 1, True, 2, 42,
+        )  # fmt: skip
+        first, second = s.deliveries
+        assert first.packet_id is None
+        assert first.delivery.message.payload == b"payload"
+        assert first.delivery.message.properties.user_properties == [("k", "v"), ("k", "w")]
+        assert first.delivery.sub_ids == (42,)
+        assert (second.packet_id, second.released) == (7, True)
+        assert s.incoming_qos2 == [9]
+        (r,) = state.retained
+        assert (r.topic, r.payload, r.properties.content_type) == ("r/1", b"kept", "t")
+
+    def test_message_row_goes_with_its_last_reference(self, tmp_path: Path) -> None:
+        store = SqliteStore(str(tmp_path))
+        msg = BrokerMessage("t", b"x", 1, False)
+        store.add_delivery("a", Delivery(msg, 1, False), 1)
+        store.add_delivery("b", Delivery(msg, 1, False), None)
+        store.commit()
+        assert store.counts()["messages"] == 1  # one row however many sessions wait for it
+        store.delivery_done("a", 1)
+        store.commit()
+        assert store.counts()["messages"] == 1
+        store.delivery_dropped("b", msg.id)
+        store.commit()
+        assert store.counts() == {
+            "sessions": 0, "subscriptions": 0, "messages": 0, "retained": 0, "deliveries": 0,
+            "incoming_qos2": 0,
+        }  # fmt: skip
+        assert store.check() == []
+
+    def test_replaced_retained_message_is_deleted(self, tmp_path: Path) -> None:
+        store = SqliteStore(str(tmp_path))
+        store.save_retained(BrokerMessage("r", b"1", 0, True))
+        store.commit()
+        store.save_retained(BrokerMessage("r", b"2", 0, True))
+        store.commit()
+        assert store.counts()["messages"] == 1
+        store.save_retained(BrokerMessage("r", b"", 0, True))  # cleared
+        store.commit()
+        assert store.counts()["messages"] == 0
+
+    def test_newer_schema_is_refused_naming_both_versions(self, tmp_path: Path) -> None:
+        SqliteStore(str(tmp_path)).close()
+        db = sqlite3.connect(tmp_path / "mqttv5.db")
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        db.commit()
+        db.close()
+        with pytest.raises(StorageError, match=f"schema version 99.*{SCHEMA_VERSION}"):
+            SqliteStore(str(tmp_path))
+
+    def test_foreign_and_corrupted_files_are_refused_not_emptied(self, tmp_path: Path) -> None:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        db = sqlite3.connect(foreign / "mqttv5.db")
+        db.execute("CREATE TABLE precious (x)")
+        db.execute("INSERT INTO precious VALUES (1)")
+        db.commit()
+        db.close()
+        with pytest.raises(StorageError, match="not an mqttv5 data file"):
+            SqliteStore(str(foreign))
+        db = sqlite3.connect(foreign / "mqttv5.db")
+        assert db.execute("SELECT COUNT(*) FROM precious").fetchone()[0] == 1
+        db.close()
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        garbage = b"this is not a database at all" * 100
+        (broken / "mqttv5.db").write_bytes(garbage)
+        with pytest.raises(StorageError, match="cannot open"):
+            SqliteStore(str(broken))
+        assert (broken / "mqttv5.db").read_bytes() == garbage
+
+    def test_failed_commit_fails_the_ticket_and_is_retried(self, tmp_path: Path) -> None:
+        store = SqliteStore(str(tmp_path))
+        store.save_retained(BrokerMessage("r", b"1", 0, True))
+        lock = sqlite3.connect(tmp_path / "mqttv5.db", timeout=0)
+        lock.execute("BEGIN EXCLUSIVE")  # another writer holds the file: our commit fails
+        store._db.execute("PRAGMA busy_timeout = 0")
+        ticket = store.ticket()
+        store.commit()
+        assert ticket.error is not None
+        assert store.pending  # kept for the next commit
+        lock.execute("ROLLBACK")
+        lock.close()
+        retry = store.ticket()
+        store.commit()
+        assert retry.done
+        assert retry.error is None
+        assert store.counts()["retained"] == 1
+
+
+def _sqlite(tmp_path: Path) -> dict[str, object]:
+    return {"storage": "sqlite", "data_dir": str(tmp_path / "data")}
+
+
+class TestRestart:
+    def test_sessions_queues_retained_and_subscription_options_survive(
+        self, tmp_path: Path
+    ) -> None:
+        async def first() -> None:
+            async with started_broker(**_sqlite(tmp_path)) as b:
+                sub = await RawClient.connect(b.ports[0], "keeper", properties=KEEP)
+                await sub.subscribe(
+                    "q/#", qos=1, no_local=True, properties=Properties(subscription_identifiers=[7])
+                )
+                await sub.disconnect()
+                pub = await RawClient.connect(b.ports[0], "pub")
+                props = Properties(
+                    content_type="c", user_properties=[("a", "1")], message_expiry_interval=60
+                )
+                for i in range(3):
+                    await pub.publish("q/x", b"m%d" % i, qos=1, packet_id=i + 1, properties=props)
+                await pub.publish("ret/a", b"kept", qos=1, retain=True, packet_id=9,
+                                  properties=Properties(content_type="r"))  # fmt: skip
+
+        async def second() -> None:
+            async with started_broker(**_sqlite(tmp_path)) as b:
+                sub = await RawClient.connect(
+                    b.ports[0], "keeper", clean_start=False, properties=KEEP
+                )
+                assert sub.connack.session_present is True
+                got = [await sub.expect(Publish) for _ in range(3)]
+                assert [g.payload for g in got] == [b"m0", b"m1", b"m2"]
+                for g in got:
+                    assert g.properties.subscription_identifiers == [7]
+                    assert g.properties.user_properties == [("a", "1")]
+                    assert 55 <= (g.properties.message_expiry_interval or 0) <= 60
+                    sub.send(PubAck(g.packet_id))
+                late = await RawClient.connect(b.ports[0], "late")
+                await late.subscribe("ret/#")
+                ret = await late.expect(Publish)
+                assert (ret.payload, ret.retain, ret.properties.content_type) == (
+                    b"kept",
+                    True,
+                    "r",
+                )
+                # the No Local option survived: the keeper's own publish does not come back
+                await sub.publish("q/own", b"x", qos=1, packet_id=50)
+                await sub.nothing()
+
+        run(first())
+        run(second())
+
+    def test_will_with_delay_survives_a_restart(self, tmp_path: Path) -> None:
+        async def first() -> None:
+            async with started_broker(**_sqlite(tmp_path)) as b:
+                will = Will("will/x", b"gone", 1, True, Properties(will_delay_interval=1))
+                c = await RawClient.connect(b.ports[0], "mortal", will=will, properties=KEEP)
+                c.abort()
+                await asyncio.sleep(0.1)  # stopped before the delay ends: the will is pending
+
+        async def second() -> None:
+            async with started_broker(**_sqlite(tmp_path)) as b:
+                await asyncio.sleep(1.3)
+                w = await RawClient.connect(b.ports[0], "watcher")
+                await w.subscribe("will/#")
+                got = await w.expect(Publish)
+                assert (got.payload, got.retain) == (b"gone", True)
+
+        run(first())
+        run(second())
+
+    def test_expired_session_is_purged_counting_downtime(self, tmp_path: Path) -> None:
+        async def first() -> None:
+            async with started_broker(**_sqlite(tmp_path)) as b:
+                props = Properties(session_expiry_interval=1)
+                c = await RawClient.connect(b.ports[0], "brief", properties=props)
+                await c.subscribe("x")
+                await c.disconnect()
+
+        async def second() -> None:
+            async with started_broker(**_sqlite(tmp_path)) as b:
+                assert "brief" in b.sessions
+                await asyncio.sleep(1.5)
+                assert "brief" not in b.sessions
+            async with started_broker(**_sqlite(tmp_path)) as b:
+                assert "brief" not in b.sessions
+
+        run(first())
+        time.sleep(0.5)  # downtime counts towards the expiry
+        run(second())
+
+
+# ---------------------------------------------------------------------------------------------
+# crash tests: a broker subprocess killed with SIGKILL mid-load
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_broker(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    log_path = data_dir.parent / "broker.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mqttv5", "broker", "--port", str(port), "--bind", "127.0.0.1",
+             "--storage", "sqlite", "--data-dir", str(data_dir), "--sys-interval", "0"],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout(15)
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc
+        if proc.poll() is not None:
+            raise AssertionError(log_path.read_text())
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise AssertionError("broker did not start")
+
+
+async def _load_until_killed(
+    port: int, proc: subprocess.Popen[bytes], qos: int, kill_after: int
+) -> set[int]:
+    """Publish numbered messages at ``qos``; SIGKILL the broker after ``kill_after`` acks;
+    return the numbers whose PUBACK / PUBCOMP arrived."""
+    pub = await RawClient.connect(port, f"pub{qos}", properties=KEEP, clean_start=True)
+    acked: set[int] = set()
+    sent = 0
+    window: dict[int, int] = {}
+    killed = False
+    while not killed:
+        while len(window) < 10 and sent < 100_000:
+            sent += 1
+            pid = sent % 60000 + 1
+            window[pid] = sent
+            pub.send(Publish("crash/t", b"%d" % sent, qos, packet_id=pid))
+        try:
+            packet = await pub.recv(wait=2)
+        except Exception:
+            break
+        if isinstance(packet, PubAck):
+            acked.add(window.pop(packet.packet_id))
+        elif isinstance(packet, PubRec):
+            pub.send(PubRel(packet.packet_id))
+        elif isinstance(packet, PubComp):
+            acked.add(window.pop(packet.packet_id))
+        if len(acked) >= kill_after:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+    pub.abort()
+    return acked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("qos", "kill_after"), [(1, 150), (1, 400), (2, 200)])
+def test_sigkill_mid_load_loses_no_acknowledged_message(
+    tmp_path: Path, qos: int, kill_after: int
+) -> None:
+    port = _free_port()
+    data = tmp_path / "data"
+    proc = _start_broker(port, data)
+    try:
+
+        async def subscribe_then_leave() -> None:
+            sub = await RawClient.connect(port, "offline-sub", properties=KEEP)
+            await sub.subscribe("crash/#", qos=2)
+            await sub.disconnect()
+
+        run(subscribe_then_leave())
+        acked = run(_load_until_killed(port, proc, qos, kill_after))
+        proc.wait(timeout=10)
+        assert len(acked) >= kill_after
+        proc = _start_broker(port, data)
+
+        async def collect() -> list[int]:
+            sub = await RawClient.connect(port, "offline-sub", clean_start=False, properties=KEEP)
+            assert sub.connack.session_present is True
+            got: list[int] = []
+            while True:
+                try:
+                    packet = await sub.recv(wait=2)
+                except TimeoutError:
+                    return got
+                if isinstance(packet, Publish):
+                    got.append(int(packet.payload))
+                    if packet.qos == 1:
+                        sub.send(PubAck(packet.packet_id))
+                    elif packet.qos == 2:
+                        sub.send(PubRec(packet.packet_id))
+                elif isinstance(packet, PubRel):
+                    sub.send(PubComp(packet.packet_id))
+
+        got = run(collect(), 90)
+        missing = acked - set(got)
+        assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:5]}"
+        if qos == 2:
+            assert len(got) == len(set(got)), "a QoS 2 message was delivered twice"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_connack_after_restart_is_session_present(tmp_path: Path) -> None:
+    port = _free_port()
+    data = tmp_path / "data"
+    proc = _start_broker(port, data)
+    try:
+
+        async def connect(clean: bool) -> Connack:
+            c = await RawClient.open(port)
+            c.send(Connect("persist", clean_start=clean, properties=KEEP))
+            connack = await c.expect(Connack)
+            await c.disconnect()
+            return connack
+
+        assert run(connect(True)).session_present is False
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        proc = _start_broker(port, data)
+        assert run(connect(False)).session_present is True
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_storage_command_check_compact_stats(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path))
+    store.save_retained(BrokerMessage("r", b"1", 0, True))
+    store.close()
+    for action, expected in (
+        ("check", "ok"),
+        ("compact", "retained       1"),
+        ("stats", "messages"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "mqttv5", "storage", action, "--data-dir", str(tmp_path)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert expected in out.stdout
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mqttv5.db").write_bytes(b"garbage" * 200)
+    bad = subprocess.run(
+        [sys.executable, "-m", "mqttv5", "storage", "check", "--data-dir", str(tmp_path / "other")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("mqttv5 storage: error:")
