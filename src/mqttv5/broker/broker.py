@@ -30,6 +30,7 @@ from mqttv5.protocol.reason_codes import ReasonCode
 
 from .acl import ALLOW_ALL, AclPolicy
 from .auth import Authenticator
+from .bridge import BridgeManager
 from .config import (
     TLS_LISTENER_TYPES,
     WS_LISTENER_TYPES,
@@ -38,8 +39,10 @@ from .config import (
     is_loopback,
 )
 from .handler import ClientHandler
+from .limits import monitor_for
 from .message import BrokerMessage, Delivery
 from .metrics import Counters
+from .metrics_http import MetricsServer, reload_metrics
 from .reload import ReloadRegistry
 from .router import Router
 from .security import Security
@@ -47,7 +50,7 @@ from .sessions import EXPIRY_NEVER, Session, SessionRegistry, SubEntry
 from .storage import MemoryStore, SessionStore, StorageError, StoredSession, StoredState
 from .storage.sqlite import SqliteStore
 from .sys_topics import SysPublisher
-from .tls import ServerTls, TlsAcceptor, with_certificate_auth
+from .tls import PendingHandshakes, ServerTls, TlsAdapter, with_certificate_auth
 
 if TYPE_CHECKING:
     from .websocket import WebSocketOptions
@@ -112,6 +115,8 @@ class MqttBroker:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sys: SysPublisher | None = None
+        self.bridges: BridgeManager | None = None  # started at the end of start()
+        self.metrics_server: MetricsServer | None = None
         self._all_gone: asyncio.Event | None = None
         self.persisted = 0  # writes of deliveries to the store: a PUBACK must wait for them
         self.reloads = ReloadRegistry()
@@ -158,6 +163,17 @@ class MqttBroker:
         if self.config.sys_interval > 0:
             self.sys = SysPublisher(self)
             self.spawn(self.sys.run())
+        try:
+            if self.config.metrics is not None:
+                self.metrics_server = MetricsServer(self, self.config.metrics)
+                await self.metrics_server.start()
+            self.bridges = BridgeManager(self)
+            await self.bridges.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.reloads.register("bridges", self.bridges.reload)
+        self.reloads.register("metrics", reload_metrics)
         gc.freeze()  # start-up objects are long-lived: keep them out of the collector's way
 
     async def _open_listener(self, settings: ListenerSettings) -> None:
@@ -218,11 +234,14 @@ class MqttBroker:
             ConfigError: a certificate, key, CA or CRL file cannot be loaded.
         """
         settings = runtime.settings
-        timeout = self.config.connect_timeout
 
         def handler() -> asyncio.Protocol:
             return ClientHandler(self, runtime)
 
+        if settings.type not in WS_LISTENER_TYPES | TLS_LISTENER_TYPES:
+            return handler
+        pending = PendingHandshakes(self.config.connect_timeout)
+        self.spawn(pending.run())
         inner: Callable[[], asyncio.Protocol] = handler
         if settings.type in WS_LISTENER_TYPES:
             from .websocket import WebSocketAdapter, WebSocketOptions  # needs websockets
@@ -232,14 +251,14 @@ class MqttBroker:
             )
 
             def adapter() -> asyncio.Protocol:
-                return WebSocketAdapter(options, handler, self.spawn, runtime.name, timeout)
+                return WebSocketAdapter(options, handler, pending, runtime.name)
 
             inner = adapter
         if settings.type not in TLS_LISTENER_TYPES:
             return inner
         tls = runtime.tls = ServerTls(settings)
         self.reloads.register(f"tls {runtime.name}", tls.reload)
-        return lambda: TlsAcceptor(tls, inner, self.spawn, runtime.name, timeout)
+        return lambda: TlsAdapter(tls, inner, pending, runtime.name)
 
     @property
     def ports(self) -> list[int]:
@@ -258,7 +277,13 @@ class MqttBroker:
                 await self._closed.wait()
             return
         self._stopping = True
+        if self.bridges is not None:
+            await self.bridges.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await self._close_listeners()
+        if self.store.pending:
+            self.store.commit()
         for handler in list(self.handlers):
             if handler.accepted and handler.version == 5 and not handler.conn.close_expected():
                 with contextlib.suppress(Exception):
@@ -357,6 +382,9 @@ class MqttBroker:
             log.info("Refusing connection from %s:%d: too many connections.", *handler.peer)
             handler.abort()
             return
+        # Per-address count and rate, per-client limits (limits.py); a dict lookup when all off.
+        if not monitor_for(self).admit(handler):
+            return
         self.handlers.add(handler)
         handler.listener.connections += 1
         self.counters.connections_total += 1
@@ -375,6 +403,13 @@ class MqttBroker:
     def mark_dirty(self, handler: ClientHandler) -> None:
         """Schedule ``handler``'s output for this tick's flush."""
         self._dirty.add(handler)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def request_flush(self) -> None:
+        """Make sure a flush (and so a store commit) runs this tick, even with no handler
+        touched: writes made by timers (wills, expiry) must not wait for the next packet."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -559,6 +594,8 @@ class MqttBroker:
         if old.version == 5 and not old.conn.close_expected():
             with contextlib.suppress(Exception):
                 old.conn.send(Disconnect(_RC.SESSION_TAKEN_OVER))  # [MQTT-3.1.4-3]
+        if self.store.pending:
+            self.store.commit()  # nothing reaches a socket before the commit that covers it
         old.flush()
         old.abort()  # do not wait for a full send buffer to drain
         # The old connection ended without DISCONNECT: its Will follows the spec's rules.
@@ -624,6 +661,7 @@ class MqttBroker:
         self.sessions.remove(session)
         if session.expiry_interval:
             self.store.delete_session(session.client_id)
+            self.request_flush()
         will = session.will
         session.cancel_will()
         self.router.remove_session(session)
@@ -665,6 +703,7 @@ class MqttBroker:
         """Store, replace or clear a retained message, in memory and in the store."""
         self.router.retained.set(message)
         self.store.save_retained(message)
+        self.request_flush()
 
     # ------------------------------------------------------------------------------------------
     # delivery
@@ -707,6 +746,7 @@ class MqttBroker:
         if session.expiry_interval and self.store.durable:
             self.store.add_delivery(session.client_id, delivery, None)
             self.persisted += 1
+            self.request_flush()
 
     def queued_changed(self, delta: int) -> None:
         """Account for bytes entering or leaving session queues; above ``memory_limit`` the

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from mqttv5.protocol.connection import SERVER, Closed, Connection, Event
 from mqttv5.protocol.errors import ProtocolError
@@ -39,6 +39,7 @@ from mqttv5.protocol.topics import parse_shared, validate_topic_filter
 
 from .acl import SubscribeAccess
 from .auth import AuthRequest, AuthResult
+from .limits import ClientLimits, monitor_for
 from .message import BrokerMessage, Delivery
 from .sessions import Session, SubEntry
 
@@ -80,20 +81,6 @@ class ClientHandler(asyncio.Protocol):
         self.mount = listener.settings.mount_point
         self._held: list[Event] | None = None
         self._connect: Connect | None = None
-        self._dispatch: dict[type, Callable[[Any], None]] = {
-            Publish: self._on_publish,
-            PubAck: self._on_ack_out,
-            PubComp: self._on_ack_out,
-            PubRec: self._on_pubrec,
-            PubRel: self._on_pubrel,
-            Subscribe: self._on_subscribe,
-            Unsubscribe: self._on_unsubscribe,
-            Pingreq: _ignore,
-            Disconnect: _ignore,
-            Connect: self._on_connect,
-            Auth: self._on_auth,
-            Closed: self._on_closed,
-        }
 
     # ------------------------------------------------------------------------------------------
     # asyncio.Protocol
@@ -113,6 +100,10 @@ class ClientHandler(asyncio.Protocol):
         transport.set_write_buffer_limits(high=high, low=high // 4)
         self.broker.handler_opened(self)
 
+    # Per-client resource limits (limits.py), set by the broker when the connection opens; None
+    # (the class default) when no per-client limit applies, so the checks below cost one test.
+    limits: ClientLimits | None = None
+
     def data_received(self, data: bytes) -> None:
         """Decode and handle every complete packet in ``data``."""
         broker = self.broker
@@ -121,6 +112,9 @@ class ClientHandler(asyncio.Protocol):
         self.now = now = self.loop.time()
         conn.receive_data(data, now)
         events = conn.events_received()
+        limits = self.limits
+        if limits is not None:  # inbound bandwidth; CONNACK 0x9F over the connection rate
+            events = limits.on_data(self, len(data), events, now)
         if events:
             held = self._held
             if held is not None:
@@ -134,7 +128,7 @@ class ClientHandler(asyncio.Protocol):
                 broker.pause_reader(self)
 
     def _dispatch_events(self, events: list[Event]) -> None:
-        dispatch = self._dispatch
+        dispatch = _DISPATCH
         conn = self.conn
         for index, event in enumerate(events):
             if type(event) is not Closed:
@@ -143,7 +137,7 @@ class ClientHandler(asyncio.Protocol):
                     # [MQTT-3.1.4-6] nothing after a refused CONNECT (or a protocol error
                     # later in the same read) is acted upon
                     continue
-            dispatch[type(event)](event)
+            dispatch[type(event)](self, event)
             if self._held is not None:  # an authenticator went async: hold the rest
                 self._held.extend(events[index + 1 :])
                 return
@@ -416,6 +410,9 @@ class ClientHandler(asyncio.Protocol):
         counters = broker.counters
         counters.publish_received += 1
         counters.messages_received += 1
+        limits = self.limits
+        if limits is not None and not limits.admit_publish(self, packet, self.now):
+            return  # QoS 0 over max_publish_rate: dropped and counted (limits.py)
         qos = packet.qos
         topic = packet.topic
         code = _RC.SUCCESS
@@ -439,6 +436,15 @@ class ClientHandler(asyncio.Protocol):
                 if not qos:
                     self.conn.fail(code, "payload is not valid UTF-8")
                     return
+        if (
+            packet.retain
+            and code == _RC.SUCCESS
+            and broker.config.retain_available
+            and not monitor_for(broker).retained_allowed(
+                broker.router.retained, self.mount + topic, packet.payload, self.now
+            )
+        ):
+            code = _RC.QUOTA_EXCEEDED  # max_retained_messages/bytes: refused whole (limits.py)
         must_keep = False
         if code == _RC.SUCCESS:
             if self.mount:
@@ -611,5 +617,22 @@ class ClientHandler(asyncio.Protocol):
         self.broker.connection_finished(self, event)
 
 
-def _ignore(_packet: object) -> None:
+def _ignore(_handler: ClientHandler, _packet: object) -> None:
     return None
+
+
+# Dispatch by event class, shared by every handler (not a per-connection table).
+_DISPATCH: Final[dict[type, Callable[[ClientHandler, Any], None]]] = {
+    Publish: ClientHandler._on_publish,
+    PubAck: ClientHandler._on_ack_out,
+    PubComp: ClientHandler._on_ack_out,
+    PubRec: ClientHandler._on_pubrec,
+    PubRel: ClientHandler._on_pubrel,
+    Subscribe: ClientHandler._on_subscribe,
+    Unsubscribe: ClientHandler._on_unsubscribe,
+    Pingreq: _ignore,
+    Disconnect: _ignore,
+    Connect: ClientHandler._on_connect,
+    Auth: ClientHandler._on_auth,
+    Closed: ClientHandler._on_closed,
+}

@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
 
 from .constants import PacketType
 from .errors import InvalidState, LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -227,29 +227,6 @@ class Connection:
         self._pending_requests: dict[int, int] = {}
         self._in_aliases: dict[int, str] = {}
         self._out_aliases: dict[str, int] = {}
-        self._handlers: dict[int, Callable[[Packet], None]] = {
-            _P.CONNECT: self._on_connect,  # type: ignore[dict-item]
-            _P.CONNACK: self._on_connack,  # type: ignore[dict-item]
-            _P.PUBLISH: self._on_publish,  # type: ignore[dict-item]
-            _P.PUBACK: self._on_puback,  # type: ignore[dict-item]
-            _P.PUBREC: self._on_pubrec,  # type: ignore[dict-item]
-            _P.PUBREL: self._on_pubrel,  # type: ignore[dict-item]
-            _P.PUBCOMP: self._on_pubcomp,  # type: ignore[dict-item]
-            _P.SUBSCRIBE: self._on_subscribe,  # type: ignore[dict-item]
-            _P.SUBACK: self._on_suback,  # type: ignore[dict-item]
-            _P.UNSUBSCRIBE: self._on_subscribe,  # type: ignore[dict-item]
-            _P.UNSUBACK: self._on_suback,  # type: ignore[dict-item]
-            _P.PINGREQ: self._on_pingreq,  # type: ignore[dict-item]
-            _P.PINGRESP: self._on_pingresp,  # type: ignore[dict-item]
-            _P.DISCONNECT: self._on_disconnect,  # type: ignore[dict-item]
-            _P.AUTH: self._on_auth,  # type: ignore[dict-item]
-        }
-        self._type_of: dict[type, int] = {
-            Connect: _P.CONNECT, Connack: _P.CONNACK, Publish: _P.PUBLISH, PubAck: _P.PUBACK,
-            PubRec: _P.PUBREC, PubRel: _P.PUBREL, PubComp: _P.PUBCOMP, Subscribe: _P.SUBSCRIBE,
-            Suback: _P.SUBACK, Unsubscribe: _P.UNSUBSCRIBE, Unsuback: _P.UNSUBACK,
-            Pingreq: _P.PINGREQ, Pingresp: _P.PINGRESP, Disconnect: _P.DISCONNECT, Auth: _P.AUTH,
-        }  # fmt: skip
 
     # -----------------------------------------------------------------------------------------
     # input
@@ -284,10 +261,10 @@ class Connection:
         except RemoteProtocolError as exc:
             self._fail_with(exc)
             return
-        handlers = self._handlers
+        handlers = _HANDLERS
         for packet in packets:
             try:
-                handlers[_type_code(packet)](packet)
+                handlers[type(packet)](self, packet)
             except RemoteProtocolError as exc:
                 self._fail_with(exc)
                 return
@@ -552,7 +529,7 @@ class Connection:
             if self.role is SERVER:
                 return  # the owner learns of the close from the Closed event; nothing to send
             raise InvalidState("connection is closed")
-        ptype = self._type_of[type(packet)]
+        ptype = _TYPE_CODE[type(packet)]
         if ptype == _P.PUBLISH:
             assert isinstance(packet, Publish)
             self._send_publish_packet(packet)
@@ -893,8 +870,25 @@ _TYPE_CODE: Final[dict[type, int]] = {
 }  # fmt: skip
 
 
-def _type_code(packet: Packet) -> int:
-    return _TYPE_CODE[type(packet)]
+# Dispatch by packet class, shared by every Connection (a per-instance table of bound methods
+# would cost each connection about 2 KiB and a reference cycle).
+_HANDLERS: Final[dict[type, Callable[[Connection, Any], None]]] = {
+    Connect: Connection._on_connect,
+    Connack: Connection._on_connack,
+    Publish: Connection._on_publish,
+    PubAck: Connection._on_puback,
+    PubRec: Connection._on_pubrec,
+    PubRel: Connection._on_pubrel,
+    PubComp: Connection._on_pubcomp,
+    Subscribe: Connection._on_subscribe,
+    Suback: Connection._on_suback,
+    Unsubscribe: Connection._on_subscribe,
+    Unsuback: Connection._on_suback,
+    Pingreq: Connection._on_pingreq,
+    Pingresp: Connection._on_pingresp,
+    Disconnect: Connection._on_disconnect,
+    Auth: Connection._on_auth,
+}
 
 
 def _rs(props: Properties) -> str | None:

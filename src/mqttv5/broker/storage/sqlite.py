@@ -8,6 +8,12 @@ while a writer thread beside a busy event loop convoys on the GIL. With ``synchr
 One row per message (``messages``) and one reference row per session that still owes it
 (``deliveries``): a message's payload is stored once however many sessions wait for it, and
 deleted with its last reference (unless it is retained).
+
+Exactly once across a crash: the broker routes a QoS 2 message at once but commits before it
+writes anything to any socket (the flush of a tick starts with the commit), and sends PUBREC only
+after that commit. Killed before the commit, nothing was sent to a subscriber and the publisher
+resends; killed after it, the publisher's packet identifier is on disk and its resend is
+answered without a second delivery.
 """
 
 from __future__ import annotations
