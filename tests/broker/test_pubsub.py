@@ -503,3 +503,28 @@ class TestLimits:
                 assert again.reason_codes == [ReasonCode.GRANTED_QOS_1]
 
         run(main())
+
+
+class TestMatchCache:
+    def test_subscription_changes_are_seen_by_the_next_publish(self) -> None:
+        async def main() -> None:
+            async with started_broker() as b:
+                pub = await RawClient.connect(b.ports[0], "p")
+                await pub.publish("mc/t", b"nobody", qos=1)  # caches "no match" for mc/t
+                sub = await RawClient.connect(b.ports[0], "s")
+                await sub.subscribe("mc/#")
+                await pub.publish("mc/t", b"first", qos=1, packet_id=2)
+                assert (await sub.expect(Publish)).payload == b"first"
+                other = await RawClient.connect(b.ports[0], "o")
+                await other.subscribe("mc/t")
+                await pub.publish("mc/t", b"both", qos=1, packet_id=3)
+                assert (await sub.expect(Publish)).payload == b"both"
+                assert (await other.expect(Publish)).payload == b"both"
+                await other.disconnect()
+                await asyncio.sleep(0.05)
+                sub.send(Unsubscribe(9, ["mc/#"]))
+                await sub.expect(Unsuback)
+                await pub.publish("mc/t", b"gone", qos=1, packet_id=4)
+                await sub.nothing()
+
+        run(main())

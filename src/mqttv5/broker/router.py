@@ -21,6 +21,7 @@ from .topic_tree import TopicTree
 __all__ = ["RetainedStore", "Router"]
 
 GroupKey: TypeAlias = tuple[str, str]  # (share name, topic filter)
+_MATCH_CACHE_SIZE = 4096  # topic names whose matches are remembered between subscription changes
 _Key: TypeAlias = str | tuple[str, str]
 
 
@@ -91,6 +92,8 @@ class Router:
         # Called as listener(session, entry, added) on every subscribe and unsubscribe: the hook
         # a multi-node backend uses to share the subscription index.
         self.subscription_listeners: list[Callable[[Session, SubEntry, bool], None]] = []
+        # topic name -> what the trie matched; cleared whenever a subscription changes
+        self._match_cache: dict[str, list[tuple[str, _Key, tuple[Session, SubEntry]]]] = {}
 
     def subscribe(self, session: Session, entry: SubEntry) -> bool:
         """Add or replace ``session``'s subscription; True if it is new [MQTT-3.8.4-3]."""
@@ -103,6 +106,7 @@ class Router:
             self.tree.add(entry.match_filter, key, (session, entry))
             gkey = (entry.group, entry.match_filter)
             self.groups.setdefault(gkey, {})[session.client_id] = (session, entry)
+        self._match_cache.clear()
         for listener in self.subscription_listeners:
             listener(session, entry, True)
         return is_new
@@ -116,6 +120,7 @@ class Router:
         return True
 
     def _unindex(self, session: Session, entry: SubEntry) -> None:
+        self._match_cache.clear()
         for listener in self.subscription_listeners:
             listener(session, entry, False)
         if entry.group is None:
@@ -143,7 +148,13 @@ class Router:
 
     def route(self, message: BrokerMessage) -> int:
         """Deliver ``message`` to every matching session; return how many were chosen."""
-        found = self.tree.match(message.topic)
+        cache = self._match_cache
+        found = cache.get(message.topic)
+        if found is None:
+            found = self.tree.match(message.topic)
+            if len(cache) >= _MATCH_CACHE_SIZE:
+                cache.clear()
+            cache[message.topic] = found
         if not found:
             return 0
         origin = message.origin
