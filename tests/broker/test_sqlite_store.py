@@ -397,3 +397,34 @@ def test_storage_command_check_compact_stats(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 1
     assert bad.stderr.startswith("mqttv5 storage: error:")
+
+
+class TestSchemaVersions:
+    """One checked-in data file per schema version, loaded (and migrated) by today's code.
+
+    ``fixtures/store-v1.db`` was written by schema 1 (see the fixture's README line below);
+    a future schema adds ``store-v2.db`` and its migration is tested here the same way.
+    """
+
+    def test_schema_1_data_file_loads(self, tmp_path: Path) -> None:
+        import shutil
+
+        shutil.copy(Path(__file__).parent / "fixtures" / "store-v1.db", tmp_path / "mqttv5.db")
+        state = SqliteStore(str(tmp_path)).load()
+        (session,) = state.sessions
+        assert (session.client_id, session.expiry_interval, session.username) == (
+            "fixture-client", 86400, "alice",
+        )  # fmt: skip
+        assert session.will is not None
+        assert session.will.properties.will_delay_interval == 30
+        (sub,) = session.subscriptions
+        assert (sub.topic_filter, sub.sub_id, sub.retain_as_published) == (
+            "sensors/+/temp",
+            5,
+            True,
+        )
+        (queued,) = session.deliveries
+        assert queued.delivery.message.payload == b"21.5"
+        assert queued.delivery.message.properties.content_type == "text/plain"
+        assert session.incoming_qos2 == [77]
+        assert [r.topic for r in state.retained] == ["status/broker"]
