@@ -135,6 +135,9 @@ class SqliteStore:
         self._ticket = CommitTicket()
         self._seq = 0
         self._saved_messages: set[int] = set()
+        # client id -> packet id -> message id of the deliveries in flight, so an
+        # acknowledgement deletes by primary key without reading first
+        self._in_flight: dict[str, dict[int, int]] = {}
         self.commits = 0
         self.failed: BaseException | None = None
         self._db = self._open(synchronous)
@@ -226,6 +229,8 @@ class SqliteStore:
             sub_ids = tuple(int(x) for x in row[4].split(",") if x)
             group = (row[5], row[6]) if row[5] is not None else None
             delivery = Delivery(found, row[2], bool(row[3]), sub_ids, group)
+            if row[7] is not None:
+                self._in_flight.setdefault(row[0], {})[row[7]] = row[1]
             session.deliveries.append(StoredDelivery(delivery, row[7], bool(row[8])))
         for row in db.execute("SELECT client_id, packet_id FROM incoming_qos2"):
             session = by_id.get(row[0])
@@ -263,6 +268,7 @@ class SqliteStore:
 
     def delete_session(self, client_id: str) -> None:
         """Remove a session, its subscriptions, deliveries and QoS 2 identifiers."""
+        self._in_flight.pop(client_id, None)
         ops = self._ops
         ops.append(("DELETE FROM sessions WHERE client_id = ?", (client_id,)))
         ops.append(("DELETE FROM subscriptions WHERE client_id = ?", (client_id,)))
@@ -317,6 +323,8 @@ class SqliteStore:
         msg = delivery.message
         self._save_message(msg)
         self._seq += 1
+        if packet_id is not None:
+            self._in_flight.setdefault(client_id, {})[packet_id] = msg.id
         group = delivery.group
         self._ops.append(
             (
@@ -332,6 +340,7 @@ class SqliteStore:
 
     def delivery_sent(self, client_id: str, message_id: int, packet_id: int) -> None:
         """A queued delivery went out with ``packet_id``."""
+        self._in_flight.setdefault(client_id, {})[packet_id] = message_id
         self._ops.append(
             (
                 "UPDATE deliveries SET packet_id = ? WHERE client_id = ? AND message_id = ?",
@@ -350,7 +359,18 @@ class SqliteStore:
 
     def delivery_done(self, client_id: str, packet_id: int) -> None:
         """PUBACK / PUBCOMP received."""
-        self._ops.append((_DELIVERY_DONE, (client_id, packet_id)))
+        flights = self._in_flight.get(client_id)
+        message_id = flights.pop(packet_id, None) if flights is not None else None
+        if message_id is None:
+            self._ops.append((_DELIVERY_DONE, (client_id, packet_id)))
+            return
+        self._ops.append(
+            (
+                "DELETE FROM deliveries WHERE client_id = ? AND message_id = ?",
+                (client_id, message_id),
+            )
+        )
+        self._ops.append((_DROP_ORPHAN, (message_id,)))
 
     def delivery_dropped(self, client_id: str, message_id: int) -> None:
         """A queued delivery was dropped."""
@@ -397,13 +417,23 @@ class SqliteStore:
         db = self._db
         try:
             db.execute("BEGIN")
-            execute = db.execute
+            # consecutive runs of one statement go to executemany (one call into SQLite)
+            run_sql: str | None = None
+            run: list[tuple[Any, ...]] = []
             for sql, params in ops:
+                if sql == run_sql:
+                    run.append(params)
+                    continue
+                if run_sql is not None:
+                    db.executemany(run_sql, run)
+                    run_sql = None
                 special = _SPECIAL.get(sql)
                 if special is None:
-                    execute(sql, params)
+                    run_sql, run = sql, [params]
                 else:
                     special(db, params)
+            if run_sql is not None:
+                db.executemany(run_sql, run)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             try:
