@@ -121,3 +121,30 @@ class ConformancePlugin:
         out = Path(env) if env else config.rootpath / ".pytest_cache" / "conformance.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+# Every test runs in its own empty working directory, removed afterwards: a broker started with
+# the default `data_dir = "./mqttv5-data"` (in process or as a subprocess, which inherits the
+# directory) never shares or leaves state. A hook, not a fixture, so Hypothesis tests are not
+# given a function-scoped fixture.
+_CWD_KEY = pytest.StashKey[tuple[str, str]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    import tempfile
+
+    here = os.getcwd()
+    scratch = tempfile.mkdtemp(prefix="mqttv5-test-")
+    item.stash[_CWD_KEY] = (here, scratch)
+    os.chdir(scratch)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    import shutil
+
+    saved = item.stash.get(_CWD_KEY, None)
+    if saved is not None:
+        os.chdir(saved[0])
+        shutil.rmtree(saved[1], ignore_errors=True)

@@ -246,7 +246,7 @@ class TestErrors:
             (["-H", "md5", "-b", "FILE", "u", "pw"], "Error: Unknown hash type 'md5'"),
             (
                 ["-H", "scram-sha-256", "-b", "FILE", "u", "p"],
-                "SCRAM needs enhanced authentication",
+                "SCRAM-SHA-256 credentials go in their own file",
             ),
             (["-I", "0", "-b", "FILE", "u", "pw"], "Error: Number of iterations must be > 0."),
             (["-b", "MISSING", "u", "pw"], "Error: Unable to open password file"),

@@ -103,7 +103,7 @@ def run_cli(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProces
         ("sys_interval = \n", "line 1: invalid TOML: Invalid value (column 16) in {path}"),
         (
             '[[listener]]\ntype = "tls"\n',
-            "listener[0].type: listener type 'tls' is not available yet in {path}",
+            "listener[0].certfile: a tls listener needs certfile and keyfile in {path}",
         ),
         (
             '[[listener]]\nbind = "0.0.0.0"\n',
@@ -165,6 +165,8 @@ OPTIONS = [
     "-c", "--config", "--bind", "-p", "--port", "--storage", "--data-dir", "--allow-anonymous",
     "--log-level", "--log-format", "--log-file", "--max-packet-size", "--sys-interval",
     "--password-file", "--acl-file", "-v", "--verbose", "--print-config-reference", "--help",
+    "--metrics-port", "--tls-port", "--ws-port", "--wss-port", "--certfile", "--keyfile",
+    "--cafile", "--require-certificate",
 ]  # fmt: skip
 
 

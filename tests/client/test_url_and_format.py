@@ -24,9 +24,7 @@ def test_parse_url_defaults() -> None:
     assert parse_url("mqtts://h").port == 8883 and parse_url("ws://h").port == 8080
 
 
-@pytest.mark.parametrize(
-    "url", ["mqtts://h", "ws://h", "wss://h", "mqtt-udp://h", "mqtts-dtls://h"]
-)
+@pytest.mark.parametrize("url", ["mqtt-udp://h", "mqtts-dtls://h"])
 def test_placeholder_schemes_say_what_is_missing(url: str) -> None:
     scheme = url.split("://")[0]
     with pytest.raises(MqttError, match=f"scheme {scheme}:// needs .* not available yet"):
@@ -36,8 +34,8 @@ def test_placeholder_schemes_say_what_is_missing(url: str) -> None:
 def test_unknown_scheme() -> None:
     with pytest.raises(MqttError, match="unknown URL scheme 'gopher'"):
         parse_url("gopher://h")
-    with pytest.raises(MqttError, match="TLS transport"):
-        run(MqttClient("x").connect("mqtts://localhost"))
+    with pytest.raises(MqttError, match="not available yet"):
+        run(MqttClient("x").connect("mqtt-udp://localhost"))
 
 
 def test_format_specifiers() -> None:

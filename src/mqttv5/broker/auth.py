@@ -29,6 +29,8 @@ class AuthRequest:
     listener: str
     is_loopback: bool
     auth: Auth | None = None  # set for AUTH exchanges (enhanced authentication)
+    # The client's verified TLS certificate (``ssl.SSLSocket.getpeercert()`` shape), if any
+    peer_certificate: dict[str, object] | None = None
 
 
 @dataclass(slots=True)

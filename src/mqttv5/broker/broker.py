@@ -240,12 +240,17 @@ class MqttBroker:
 
         if settings.type not in WS_LISTENER_TYPES | TLS_LISTENER_TYPES:
             return handler
+        if settings.type in TLS_LISTENER_TYPES:
+            runtime.tls = ServerTls(settings)  # raises ConfigError on a bad file
         pending = PendingHandshakes(self.config.connect_timeout)
         self.spawn(pending.run())
         inner: Callable[[], asyncio.Protocol] = handler
         if settings.type in WS_LISTENER_TYPES:
-            from .websocket import WebSocketAdapter, WebSocketOptions  # needs websockets
-
+            try:
+                from .websocket import WebSocketAdapter, WebSocketOptions
+            except ImportError as exc:  # validate_config checks this too
+                message = "needs the websockets package: pip install 'mqttv5[ws]'"
+                raise ConfigError("type", message, settings.label) from exc
             options = runtime.websocket = WebSocketOptions.from_settings(
                 settings, runtime.max_packet_size
             )
@@ -254,10 +259,11 @@ class MqttBroker:
                 return WebSocketAdapter(options, handler, pending, runtime.name)
 
             inner = adapter
-        if settings.type not in TLS_LISTENER_TYPES:
+        tls = runtime.tls
+        if tls is None:
             return inner
-        tls = runtime.tls = ServerTls(settings)
-        self.reloads.register(f"tls {runtime.name}", tls.reload)
+        # one entry per listener, even where two share a name (port 0 in tests)
+        self.reloads.register(f"tls listener {len(self.listeners)} {runtime.name}", tls.reload)
         return lambda: TlsAdapter(tls, inner, pending, runtime.name)
 
     @property

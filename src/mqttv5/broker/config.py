@@ -25,26 +25,40 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import ipaddress
 import math
+import os
 import re
+import socket
 import tomllib
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from mqttv5.protocol.errors import ConfigError
+from mqttv5.protocol.errors import ConfigError, ProtocolError
+from mqttv5.protocol.topics import validate_topic_filter, validate_topic_name
 
 __all__ = [
+    "BRIDGE_DIRECTIONS",
+    "BRIDGE_KEYS",
+    "BRIDGE_TOPIC_KEYS",
     "BROKER_KEYS",
     "DEFAULT_PORTS",
     "IMPLEMENTED_LISTENER_TYPES",
     "LISTENER_KEYS",
     "LISTENER_TYPES",
+    "METRICS_KEYS",
+    "TLS_LISTENER_TYPES",
+    "TLS_VERSIONS",
+    "WS_LISTENER_TYPES",
+    "BridgeSettings",
+    "BridgeTopic",
     "BrokerConfig",
     "KeySpec",
     "ListenerSettings",
+    "MetricsSettings",
     "changed_keys",
     "config_from_args",
     "config_reference_markdown",
@@ -67,7 +81,13 @@ DEFAULT_PORTS: Final[Mapping[str, int]] = {
 }
 LISTENER_TYPES: Final[tuple[str, ...]] = tuple(DEFAULT_PORTS)
 #: Listener types the broker can open today; the others are recognised but refused.
-IMPLEMENTED_LISTENER_TYPES: Final[frozenset[str]] = frozenset({"tcp"})
+IMPLEMENTED_LISTENER_TYPES: Final[frozenset[str]] = frozenset({"tcp", "tls", "ws", "wss"})
+#: Listener types that speak TLS (need ``certfile`` and ``keyfile``).
+TLS_LISTENER_TYPES: Final[frozenset[str]] = frozenset({"tls", "wss"})
+#: Listener types that speak WebSocket.
+WS_LISTENER_TYPES: Final[frozenset[str]] = frozenset({"ws", "wss"})
+#: Minimum TLS versions ``tls_version`` may name.
+TLS_VERSIONS: Final[tuple[str, ...]] = ("tlsv1.2", "tlsv1.3")
 
 # Largest packet MQTT can frame: 1 byte of fixed header, a 4-byte Remaining Length, and
 # 268,435,455 bytes of remaining length (MQTT 5.0 section 2.1.4).
@@ -142,6 +162,34 @@ def _mount_point(value: str) -> str | None:
     return None
 
 
+def _alpn(value: list[str]) -> str | None:
+    for name in value:
+        if not 0 < len(name.encode()) <= 255:
+            return "each protocol name must be 1 to 255 bytes"
+    return None
+
+
+def _subprotocols(value: list[str]) -> str | None:
+    if not value:
+        return 'must list at least one subprotocol (e.g. ["mqtt"])'
+    if any(not name or any(c.isspace() or c == "," for c in name) for name in value):
+        return "must be tokens without spaces or commas"
+    return None
+
+
+def _networks(value: list[str]) -> str | None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP address or network (e.g. 10.0.0.1, 10.0.0.0/8, ::1)"
+    return None
+
+
+def _ws_path(value: str) -> str | None:
+    return None if value == "" or value.startswith("/") else 'must be empty or start with "/"'
+
+
 _PROTOCOL_DOC = "3 = MQTT 3.1, 4 = MQTT 3.1.1, 5 = MQTT 5.0"
 
 
@@ -154,8 +202,9 @@ class ListenerSettings:
 
     type: str = _key(
         "tcp",
-        "Transport: `tcp`, `tls`, `ws`, `wss`, `udp` or `dtls`. Only `tcp` is available in this "
-        "release; the others are recognised and refused with a clear error.",
+        "Transport: `tcp`, `tls` (MQTT over TLS), `ws` (MQTT over WebSocket), `wss` (WebSocket "
+        "over TLS), `udp` or `dtls`. `udp` and `dtls` are not available in this release: they "
+        "are recognised and refused with a clear error.",
         choices=LISTENER_TYPES,
     )
     bind: str = _key(
@@ -181,6 +230,11 @@ class ListenerSettings:
         None,
         "Password file for this listener (Mosquitto format). Unset: the top-level `password_file`.",
     )
+    scram_file: str | None = _key(
+        None,
+        "SCRAM-SHA-256 credentials file for this listener (enhanced authentication). Unset: the "
+        "top-level `scram_file`.",
+    )
     acl_file: str | None = _key(
         None,
         "Access control file for this listener. Unset: the top-level `acl_file`.",
@@ -198,6 +252,24 @@ class ListenerSettings:
         "`max_connections` bounds all listeners together.",
         check=_unlimited_or_positive,
         rule_doc="-1 or ≥ 1",
+    )
+    max_connections_per_address: int | None = _key(
+        None,
+        "Most simultaneous connections from one source address on this listener (IPv6: one "
+        "/64). Unset: the top-level `max_connections_per_address`.",
+        minimum=0,
+    )
+    max_connection_rate: float | None = _key(
+        None,
+        "New connections per second from one source address on this listener. Unset: the "
+        "top-level `max_connection_rate`.",
+        minimum=0,
+    )
+    connection_rate_burst: int | None = _key(
+        None,
+        "Connections one address may open at once on this listener before "
+        "`max_connection_rate` applies. Unset: the top-level `connection_rate_burst`.",
+        minimum=0,
     )
     max_packet_size: int | None = _key(
         None,
@@ -219,6 +291,110 @@ class ListenerSettings:
         "",
         "Label used in log lines; empty = the listener's type and address.",
     )
+    # --- TLS (tls and wss listeners) ---
+    certfile: str | None = _key(
+        None,
+        "`tls`, `wss`: the server's certificate chain (PEM), leaf first. Required for `tls` and "
+        "`wss`. Re-read on SIGHUP. As Mosquitto.",
+    )
+    keyfile: str | None = _key(
+        None,
+        "`tls`, `wss`: the private key of `certfile` (PEM, not encrypted). Required for `tls` "
+        "and `wss`. Re-read on SIGHUP. As Mosquitto.",
+    )
+    cafile: str | None = _key(
+        None,
+        "`tls`, `wss`: CA certificates (PEM) that client certificates must chain to. Needed for "
+        "`require_certificate` and the certificate-as-username options. As Mosquitto.",
+    )
+    capath: str | None = _key(
+        None,
+        "`tls`, `wss`: a directory of CA certificates (OpenSSL `c_rehash` layout), instead of "
+        "or with `cafile`. As Mosquitto.",
+    )
+    require_certificate: bool = _key(
+        False,
+        "`tls`, `wss`: clients must present a certificate signed by `cafile`/`capath` (mutual "
+        "TLS); the handshake fails otherwise. As Mosquitto.",
+    )
+    use_identity_as_username: bool = _key(
+        False,
+        "`tls`, `wss`: the Common Name (CN) of the client's certificate becomes its user name "
+        "(for authentication and the ACL) and no password is checked for a client that "
+        "presents one. A client without a certificate (possible only without "
+        "`require_certificate`) is judged by the password file or `allow_anonymous`. As "
+        "Mosquitto.",
+    )
+    use_subject_as_username: bool = _key(
+        False,
+        "`tls`, `wss`: like `use_identity_as_username`, with the certificate's whole subject "
+        "as the user name, written as RFC 2253 (`CN=client,O=Example,C=FR`) like Mosquitto.",
+    )
+    tls_version: str = _key(
+        "tlsv1.2",
+        "`tls`, `wss`: the oldest TLS version accepted. Mosquitto's `tls_version` names one "
+        "version; here it is a minimum, so `tlsv1.2` accepts TLS 1.2 and 1.3.",
+        choices=TLS_VERSIONS,
+    )
+    ciphers: str | None = _key(
+        None,
+        "`tls`, `wss`: OpenSSL cipher list for TLS 1.2 (e.g. `ECDHE+AESGCM`); TLS 1.3 suites "
+        "are OpenSSL's defaults. Unset: Python's secure defaults. As Mosquitto.",
+    )
+    crlfile: str | None = _key(
+        None,
+        "`tls`, `wss`: certificate revocation list (PEM) checked against client certificates; "
+        "re-read on SIGHUP. As Mosquitto.",
+    )
+    alpn: list[str] | None = field(
+        default=None,
+        metadata=_spec(
+            "`tls`, `wss`: ALPN protocol names offered to clients, in order of preference; `[]` "
+            "turns ALPN off. A client offering none of them still connects.",
+            check=_alpn,
+            default_doc='`["mqtt"]` (tls), `["http/1.1"]` (wss)',
+        ),
+    )
+    # --- WebSocket (ws and wss listeners) ---
+    ws_path: str = _key(
+        "",
+        '`ws`, `wss`: the only HTTP path accepted (e.g. `"/mqtt"`, the convention); others get '
+        "404. Empty: any path, as Mosquitto.",
+        check=_ws_path,
+    )
+    ws_subprotocols: list[str] = field(
+        default_factory=lambda: ["mqtt", "mqttv3.1"],
+        metadata=_spec(
+            "`ws`, `wss`: WebSocket subprotocols accepted, in order of preference. A client "
+            "offering only others is refused (HTTP 400); a client offering none is accepted "
+            "(as Mosquitto), although MQTT 5.0 asks clients to offer `mqtt` [MQTT-6.0.0-3].",
+            check=_subprotocols,
+        ),
+    )
+    allowed_origins: list[str] = field(
+        default_factory=list,
+        metadata=_spec(
+            "`ws`, `wss`: accepted values of a browser's `Origin` header (e.g. "
+            '`["https://app.example.com"]`; `*` matches within one host label, as in '
+            '`"https://*.example.com"`); another origin is refused with HTTP 403. A client '
+            "sending no Origin (not a browser) is accepted. Empty: every origin.",
+        ),
+    )
+    trusted_proxies: list[str] = field(
+        default_factory=list,
+        metadata=_spec(
+            "`ws`, `wss`: addresses or networks (`10.0.0.0/8`) of reverse proxies whose "
+            "`X-Forwarded-For` header is believed: a connection from one of them is attributed "
+            "to the address the header gives (for logs, lockouts and authentication). Empty: "
+            "the header is ignored.",
+            check=_networks,
+        ),
+    )
+    ws_compression: bool = _key(
+        False,
+        "`ws`, `wss`: offer permessage-deflate compression. Off by default: MQTT payloads are "
+        "often already compact, and compression costs memory and CPU per connection.",
+    )
 
     def __post_init__(self) -> None:
         if self.port == _PORT_BY_TYPE:
@@ -238,6 +414,335 @@ class ListenerSettings:
 
 def _default_listeners() -> list[ListenerSettings]:
     return [ListenerSettings(bind="127.0.0.1"), ListenerSettings(bind="::1")]
+
+
+# --- bridges and the metrics listener -------------------------------------------------------------
+
+#: Directions of a bridge topic rule, as in Mosquitto's ``topic`` lines.
+BRIDGE_DIRECTIONS: Final[tuple[str, ...]] = ("out", "in", "both")
+
+
+def _topic_prefix(value: str) -> str | None:
+    if any(c in value for c in "+#\x00"):
+        return "must not contain the wildcards + or # (or U+0000)"
+    return None
+
+
+def _bridge_name(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if any(c in value for c in "/+#\x00") or value != value.strip():
+        return "must not contain /, +, # or U+0000, nor start or end with a space"
+    return None
+
+
+def _bridge_protocol(value: int) -> str | None:
+    return None if value in (4, 5) else "must be 5 (MQTT 5.0) or 4 (MQTT 3.1.1)"
+
+
+def _url_error(url: str) -> str | None:
+    from mqttv5.protocol.errors import MqttError
+    from mqttv5.transport.url import parse_url  # imported here: --help must not need transports
+
+    try:
+        parse_url(url)
+    except MqttError as exc:
+        return str(exc)
+    return None
+
+
+def _url(value: str) -> str | None:
+    return "must not be empty" if not value else _url_error(value)
+
+
+def _urls(value: list[str]) -> str | None:
+    for url in value:
+        message = _url(url)
+        if message is not None:
+            return message
+    return None
+
+
+def _topic_name(value: str) -> str | None:
+    if not value or any(c in value for c in "+#\x00"):
+        return "must be a topic name: not empty, without the wildcards + and #"
+    return None
+
+
+@dataclass
+class BridgeTopic:
+    """One topic rule of a bridge: Mosquitto's
+    ``topic pattern [[[ out | in | both ] qos-level] local-prefix remote-prefix]``.
+
+    The bridge subscribes to ``local_prefix + pattern`` on this broker (``out``, ``both``) and to
+    ``remote_prefix + pattern`` on the remote one (``in``, ``both``); a forwarded message's
+    topic loses the prefix of the side it came from and gains the other side's.
+    """
+
+    pattern: str = _key(
+        "",
+        "Topic filter shared between the two brokers (`+` and `#` allowed). Empty with both "
+        "prefixes set: the single topic `local_prefix` on this broker is `remote_prefix` on "
+        'the remote one (Mosquitto\'s `""` place marker).',
+        check=_no_nul,
+        default_doc="required",
+    )
+    direction: str = _key(
+        "out",
+        "`out`: messages published here are sent to the remote broker; `in`: messages "
+        "published there are brought here; `both`: both ways. As Mosquitto (default `out`).",
+        choices=BRIDGE_DIRECTIONS,
+    )
+    qos: int = _key(
+        0,
+        "QoS of the bridge's subscriptions: messages cross at the QoS they were published "
+        "with, at most this one. As Mosquitto (default 0).",
+        minimum=0,
+        maximum=2,
+    )
+    local_prefix: str = _key(
+        "",
+        "Prefix of the topics on this broker: added to incoming topics, removed from "
+        'outgoing ones (e.g. `"site1/"`).',
+        check=_topic_prefix,
+    )
+    remote_prefix: str = _key(
+        "",
+        "Prefix of the topics on the remote broker: added to outgoing topics, removed from "
+        "incoming ones.",
+        check=_topic_prefix,
+    )
+
+    @property
+    def local_filter(self) -> str:
+        """What the bridge subscribes to on this broker (``out`` and ``both`` rules)."""
+        return self.local_prefix + self.pattern
+
+    @property
+    def remote_filter(self) -> str:
+        """What the bridge subscribes to on the remote broker (``in`` and ``both`` rules)."""
+        return self.remote_prefix + self.pattern
+
+    @property
+    def outgoing(self) -> bool:
+        """Messages go from this broker to the remote one."""
+        return self.direction != "in"
+
+    @property
+    def incoming(self) -> bool:
+        """Messages come from the remote broker to this one."""
+        return self.direction != "out"
+
+    def to_remote(self, topic: str) -> str:
+        """The remote topic of local ``topic`` (which matches :attr:`local_filter`)."""
+        if not self.pattern:
+            return self.remote_prefix
+        return self.remote_prefix + topic[len(self.local_prefix) :]
+
+    def to_local(self, topic: str) -> str:
+        """The local topic of remote ``topic`` (which matches :attr:`remote_filter`)."""
+        if not self.pattern:
+            return self.local_prefix
+        return self.local_prefix + topic[len(self.remote_prefix) :]
+
+
+@dataclass
+class BridgeSettings:
+    """One ``[[bridge]]``: a connection to another broker and the topics it shares.
+
+    Mosquitto's bridge options under the names of this file's other keys; see
+    ``docs/bridges.md`` for the translation table.
+    """
+
+    name: str = _key(
+        "",
+        "Name of the bridge, unique: used in log lines, in the default client identifiers and "
+        "in the notification topic. As Mosquitto's `connection`.",
+        check=_bridge_name,
+        default_doc="required",
+    )
+    address: str | None = _key(
+        None,
+        'URL of the remote broker: `"mqtt://host:1883"` (or `"host:port"`); other schemes '
+        "(`mqtts://`, `ws://`, `wss://`) as their transports are available. As Mosquitto's "
+        "`address`.",
+        check=_url,
+        default_doc="required (or `addresses`)",
+    )
+    addresses: list[str] = field(
+        default_factory=list,
+        metadata=_spec(
+            "Fallback URLs, tried in order after `address` on every (re)connection: the first "
+            "that accepts the connection is used (Mosquitto's further `address` values with "
+            "`round_robin false`).",
+            check=_urls,
+        ),
+    )
+    topics: list[BridgeTopic] = field(
+        default_factory=list,
+        metadata=_spec(
+            'The topic rules, one table each (keys below): `topics = [{ pattern = "sensors/#", '
+            'direction = "out", qos = 1 }]`. At least one. As Mosquitto\'s `topic` lines.',
+            default_doc="required",
+        ),
+    )
+    client_id: str | None = _key(
+        None,
+        "Client Identifier on the remote broker. Unset: `<host name>.<name>`. As Mosquitto's "
+        "`remote_clientid`.",
+        check=_no_nul,
+    )
+    local_client_id: str | None = _key(
+        None,
+        "Client Identifier of the bridge's session on this broker (it counts as a client "
+        "there). Unset: `local.<client_id>`. As Mosquitto's `local_clientid`.",
+        check=_no_nul,
+    )
+    username: str | None = _key(
+        None,
+        "User name sent to the remote broker. As Mosquitto's `remote_username`.",
+    )
+    password: str | None = _key(
+        None,
+        "Password sent to the remote broker. As Mosquitto's `remote_password`.",
+    )
+    protocol_version: int = _key(
+        5,
+        "MQTT version spoken to the remote broker: 5 (MQTT 5.0) or 4 (MQTT 3.1.1). Mosquitto's "
+        "`bridge_protocol_version` (`mqttv50`, `mqttv311`) defaults to 3.1.1.",
+        check=_bridge_protocol,
+        rule_doc="4 or 5",
+    )
+    keepalive: int = _key(
+        60,
+        "Keep Alive of the connection to the remote broker, in seconds. As Mosquitto's "
+        "`keepalive_interval`.",
+        minimum=5,
+        maximum=_U16,
+    )
+    clean_start: bool = _key(
+        False,
+        "Start a fresh session on the remote broker when the bridge starts. false keeps the "
+        "remote session (subscriptions, queued messages) across restarts of the bridge; "
+        "reconnections after a lost connection always resume it. As Mosquitto's "
+        "`cleansession`.",
+    )
+    session_expiry: int = _key(
+        3600,
+        "MQTT 5: seconds the remote broker keeps the bridge's session after its connection is "
+        "lost; QoS 1 and 2 messages for the bridge queue there meanwhile. 0: the session ends "
+        "with the connection. (3.1.1 sessions last until a clean start.)",
+        minimum=0,
+        maximum=_U32,
+    )
+    try_private: bool = _key(
+        True,
+        "MQTT 3.1.1: tell the remote broker it talks to a bridge (bit 0x80 of the protocol "
+        "level), so that a Mosquitto remote neither sends the bridge its own messages back nor "
+        "clears their RETAIN flag. MQTT 5.0 has No Local and Retain As Published for that, and "
+        "the flag is not sent (as Mosquitto's own bridges). Set false for a 3.1.1 broker that "
+        "refuses it.",
+    )
+    notifications: bool = _key(
+        True,
+        "Publish the bridge's state, `1` (connected) or `0` (not connected), as a retained "
+        "message on `notification_topic` on this broker. As Mosquitto.",
+    )
+    notifications_local_only: bool = _key(
+        True,
+        "Publish the notifications on this broker only. false: also on the remote broker "
+        "(`1` on connecting, `0` as the connection's Will), as Mosquitto does by default; "
+        "the remote must accept publications there (mqttv5 brokers refuse clients' "
+        "`$SYS` publications).",
+    )
+    notification_topic: str | None = _key(
+        None,
+        "Topic of the notifications. Unset: `$SYS/broker/connection/<name>/state` (Mosquitto "
+        "puts the remote client id where we put the name).",
+        check=_topic_name,
+    )
+    reconnect_delay: float = _key(
+        5.0,
+        "Seconds before the first reconnection attempt; the delay doubles after each failed "
+        "attempt, with jitter, up to `reconnect_delay_max`. As Mosquitto's `restart_timeout` "
+        "base.",
+        above=0.0,
+    )
+    reconnect_delay_max: float = _key(
+        30.0,
+        "Longest delay between reconnection attempts, in seconds. As Mosquitto's "
+        "`restart_timeout` cap.",
+        above=0.0,
+    )
+    connect_timeout: float = _key(
+        10.0,
+        "Seconds a connection attempt to one address may take (TCP and CONNACK).",
+        above=0.0,
+    )
+    max_inflight: int = _key(
+        100,
+        "QoS 1 and 2 messages the bridge forwards at a time in each direction (the Receive "
+        "Maximum of its connections). Beyond it, messages wait in the brokers' session queues: "
+        "here bounded by `max_queued_messages`, on the remote broker by its own limits.",
+        minimum=1,
+        maximum=_U16,
+    )
+    outgoing_retain: bool = _key(
+        True,
+        "Keep the RETAIN flag of messages sent to the remote broker; false clears it (for a "
+        "3.1.1 broker without retained messages). As Mosquitto's `bridge_outgoing_retain`.",
+    )
+
+    @property
+    def urls(self) -> list[str]:
+        """``address`` then ``addresses``: the remote broker's URLs in the order tried."""
+        return ([self.address] if self.address else []) + list(self.addresses)
+
+    @property
+    def remote_client_id(self) -> str:
+        """The Client Identifier on the remote broker."""
+        if self.client_id is not None:
+            return self.client_id
+        return f"{socket.gethostname()}.{self.name}"
+
+    @property
+    def effective_local_client_id(self) -> str:
+        """The Client Identifier of the bridge's session on this broker."""
+        if self.local_client_id is not None:
+            return self.local_client_id
+        return f"local.{self.remote_client_id}"
+
+    @property
+    def state_topic(self) -> str:
+        """Where the bridge's state is published."""
+        if self.notification_topic is not None:
+            return self.notification_topic
+        return f"$SYS/broker/connection/{self.name}/state"
+
+
+@dataclass
+class MetricsSettings:
+    """The ``[metrics]`` table: an HTTP listener for Prometheus (``/metrics``) and ``/health``."""
+
+    bind: str = _key(
+        "127.0.0.1",
+        "Address of the HTTP listener. It serves the broker's statistics without "
+        "authentication: anything but loopback exposes them.",
+        check=_host,
+    )
+    port: int = _key(
+        9234,
+        "TCP port of the HTTP listener; 0 picks a free port (for tests). 9234, not 9100: "
+        "that one is the Prometheus node exporter's.",
+        minimum=0,
+        maximum=_U16,
+    )
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as a user would write it."""
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"{host}:{self.port}"
 
 
 @dataclass
@@ -264,12 +769,21 @@ class BrokerConfig:
         "Accept clients that send no user name. Unset: allowed on a loopback listener without a "
         "password file, refused where a password file applies; a listener on any other address "
         "refuses to start until `allow_anonymous` or a `password_file` is set (Mosquitto 2.0's "
-        "rule: exposing a broker is an explicit choice).",
+        "rule: exposing a broker is an explicit choice). A WebSocket listener never counts as "
+        "loopback, since a reverse proxy on the same host may forward anyone.",
     )
     password_file: str | None = _key(
         None,
         "Password file in Mosquitto's format (`user:$7$...`, made by `mqttv5 passwd` or "
         "`mosquitto_passwd`), used by every listener without its own.",
+    )
+    scram_file: str | None = _key(
+        None,
+        "SCRAM-SHA-256 credentials file (`user:SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:"
+        "<ServerKey>`, made by `mqttv5 passwd --hash scram-sha-256 --scram-file FILE USER`), "
+        "used by every listener without its own. Clients authenticate with MQTT 5 enhanced "
+        "authentication, method `SCRAM-SHA-256`; with a `password_file` too, both work. Needs "
+        "the `auth` extra (scramp).",
     )
     acl_file: str | None = _key(
         None,
@@ -439,6 +953,65 @@ class BrokerConfig:
         check=_unlimited_or_positive,
         rule_doc="-1 or ≥ 1",
     )
+    max_connections_per_address: int = _key(
+        0,
+        "Most simultaneous connections from one source address (an IPv6 address counts by its "
+        "/64), per listener; 0 = unlimited. A connection over it is closed at once. Unlimited "
+        "by default because a NAT or a mobile carrier puts thousands of legitimate devices "
+        "behind one address; set it on a listener facing the Internet (see docs/security.md).",
+        minimum=0,
+    )
+    max_connection_rate: float = _key(
+        0.0,
+        "New connections per second from one source address, per listener (a token bucket of "
+        "`connection_rate_burst`); 0 = unlimited. A client over it gets CONNACK 0x9F "
+        "Connection rate exceeded (3.1.1: return code 3). Off by default, as in Mosquitto: "
+        "after a broker restart a whole fleet behind one NAT reconnects at once.",
+        minimum=0,
+    )
+    connection_rate_burst: int = _key(
+        0,
+        "Connections one address may open at once before `max_connection_rate` applies; "
+        "0 = the rate rounded up (at least 1).",
+        minimum=0,
+    )
+    max_publish_rate: float = _key(
+        0.0,
+        "PUBLISH packets per second one client may send (a token bucket of "
+        "`publish_rate_burst`); 0 = unlimited. Over it, QoS 0 messages are dropped and counted "
+        "and QoS 1/2 messages are throttled (the broker stops reading from the client until "
+        "the rate allows more; none is lost); a client whose dropped messages exceed 10 times "
+        "the rate is disconnected with 0x96 Message rate too high.",
+        minimum=0,
+    )
+    publish_rate_burst: int = _key(
+        0,
+        "PUBLISH packets a client may send at once before `max_publish_rate` applies; 0 = the "
+        "rate rounded up (at least 1).",
+        minimum=0,
+    )
+    max_inbound_bytes_per_second: int = _key(
+        0,
+        "Bytes per second the broker reads from one client (over one second on average); "
+        "0 = unlimited. A faster client is throttled: the broker stops reading from it for a "
+        "while (its keep-alive is not held against it).",
+        minimum=0,
+    )
+    max_retained_messages: int = _key(
+        1_000_000,
+        "Most retained messages the broker stores; 0 = unlimited. A retained PUBLISH for a new "
+        "topic beyond it is refused whole (QoS 1/2: PUBACK/PUBREC 0x97 Quota exceeded; QoS 0: "
+        "dropped), while replacing or clearing a retained message still works. Mosquitto has "
+        "no limit; ours bounds what one client can make the broker keep forever.",
+        minimum=0,
+    )
+    max_retained_bytes: int = _key(
+        268_435_456,
+        "Most bytes (topic and payload) of retained messages stored from clients (256 MiB); "
+        "0 = unlimited. A retained PUBLISH that would exceed it is refused as for "
+        "`max_retained_messages`.",
+        minimum=0,
+    )
     outbound_high_water: int = _key(
         1_048_576,
         "Bytes waiting to be written to one client above which QoS 0 messages to it are dropped "
@@ -469,6 +1042,24 @@ class BrokerConfig:
         "0x8B Server shutting down and for pending writes and storage to be flushed.",
         minimum=0,
     )
+    # --- bridges and the metrics listener (tables with keys of their own, below) ---
+    bridges: list[BridgeSettings] = field(
+        default_factory=list,
+        metadata=_spec(
+            "Connections to other brokers, one `[[bridge]]` table each (keys below; a guide in "
+            "docs/bridges.md). Bridges added, removed or changed in the file apply on SIGHUP.",
+            default_doc="none",
+        ),
+    )
+    metrics: MetricsSettings | None = field(
+        default=None,
+        metadata=_spec(
+            "HTTP listener for Prometheus (`/metrics`) and health checks (`/health`): a "
+            "`[metrics]` table (keys below), even an empty one, turns it on (docs/metrics.md). "
+            "A change needs a restart.",
+            default_doc="unset: off",
+        ),
+    )
 
     def effective_listeners(self) -> list[ListenerSettings]:
         """The configured listeners, or the default pair (TCP 1883 on 127.0.0.1 and ::1)."""
@@ -477,6 +1068,10 @@ class BrokerConfig:
     def effective_password_file(self, listener: ListenerSettings) -> str | None:
         """The password file that applies to ``listener``: its own, else the global one."""
         return listener.password_file if listener.password_file is not None else self.password_file
+
+    def effective_scram_file(self, listener: ListenerSettings) -> str | None:
+        """The SCRAM file that applies to ``listener``: its own, else the global one."""
+        return listener.scram_file if listener.scram_file is not None else self.scram_file
 
     def effective_acl_file(self, listener: ListenerSettings) -> str | None:
         """The ACL file that applies to ``listener``: its own, else the global one."""
@@ -491,14 +1086,19 @@ class BrokerConfig:
         """Whether ``listener`` accepts clients without a user name.
 
         The listener's value, else the global one; when both are unset, anonymous access is
-        allowed exactly when no password file applies (:func:`validate_security` has made sure
-        such a listener is on loopback).
+        allowed exactly when no password or SCRAM file applies and the listener is not a
+        WebSocket one (:func:`validate_security` has made sure such a listener is on loopback).
         """
         if listener.allow_anonymous is not None:
             return listener.allow_anonymous
         if self.allow_anonymous is not None:
             return self.allow_anonymous
-        return self.effective_password_file(listener) is None
+        if listener.type in WS_LISTENER_TYPES:
+            return False  # never loopback: a proxy may forward anyone (see validate_security)
+        return (
+            self.effective_password_file(listener) is None
+            and self.effective_scram_file(listener) is None
+        )
 
 
 def _specs(cls: type) -> dict[str, KeySpec]:
@@ -509,6 +1109,10 @@ def _specs(cls: type) -> dict[str, KeySpec]:
 #: is ``listener``).
 BROKER_KEYS: Final[Mapping[str, KeySpec]] = _specs(BrokerConfig)
 LISTENER_KEYS: Final[Mapping[str, KeySpec]] = _specs(ListenerSettings)
+_DEFAULT_LISTENER: Final = ListenerSettings()
+BRIDGE_KEYS: Final[Mapping[str, KeySpec]] = _specs(BridgeSettings)
+BRIDGE_TOPIC_KEYS: Final[Mapping[str, KeySpec]] = _specs(BridgeTopic)
+METRICS_KEYS: Final[Mapping[str, KeySpec]] = _specs(MetricsSettings)
 
 
 # --- value checking -------------------------------------------------------------------------------
@@ -516,7 +1120,7 @@ LISTENER_KEYS: Final[Mapping[str, KeySpec]] = _specs(ListenerSettings)
 
 @dataclass(frozen=True)
 class _Kind:
-    base: str  # "int" | "float" | "bool" | "str" | "list[int]" | "listeners"
+    base: str  # "int" | "float" | "bool" | "str" | "list[int]" | "list[str]" | "listeners"
     nullable: bool
 
 
@@ -530,8 +1134,16 @@ def _kind_of(hint: Any) -> _Kind:
         return _Kind(names[hint], nullable)
     if get_origin(hint) is list and get_args(hint) == (int,):
         return _Kind("list[int]", nullable)
+    if get_origin(hint) is list and get_args(hint) == (str,):
+        return _Kind("list[str]", nullable)
     if get_origin(hint) is list and get_args(hint) == (ListenerSettings,):
         return _Kind("listeners", nullable)
+    if get_origin(hint) is list and get_args(hint) == (BridgeSettings,):
+        return _Kind("bridges", nullable)
+    if get_origin(hint) is list and get_args(hint) == (BridgeTopic,):
+        return _Kind("topics", nullable)
+    if hint is MetricsSettings:
+        return _Kind("metrics", nullable)
     raise TypeError(f"unsupported configuration type {hint!r}")  # pragma: no cover
 
 
@@ -542,6 +1154,9 @@ def _kinds(cls: type) -> dict[str, _Kind]:
 
 _BROKER_KINDS: Final = _kinds(BrokerConfig)
 _LISTENER_KINDS: Final = _kinds(ListenerSettings)
+_BRIDGE_KINDS: Final = _kinds(BridgeSettings)
+_TOPIC_KINDS: Final = _kinds(BridgeTopic)
+_METRICS_KINDS: Final = _kinds(MetricsSettings)
 
 _TYPE_WORDS: Final = {
     "int": "an integer",
@@ -549,7 +1164,11 @@ _TYPE_WORDS: Final = {
     "bool": "true or false",
     "str": "a string",
     "list[int]": "an array of integers",
+    "list[str]": "an array of strings",
     "listeners": "an array of tables ([[listener]])",
+    "bridges": "an array of tables ([[bridge]])",
+    "topics": "an array of tables",
+    "metrics": "a table ([metrics])",
 }
 
 
@@ -581,7 +1200,11 @@ def _type_ok(value: object, base: str) -> bool:
         return isinstance(value, str)
     if base == "list[int]":
         return isinstance(value, list) and all(_is_int(v) for v in value)
-    return isinstance(value, list)  # listeners: checked one by one elsewhere
+    if base == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if base == "metrics":
+        return isinstance(value, MetricsSettings)
+    return isinstance(value, list)  # listeners, bridges, topics: checked one by one elsewhere
 
 
 def _rule_error(value: Any, spec: KeySpec) -> str | None:
@@ -633,6 +1256,19 @@ _MOSQUITTO_NAMES: Final[Mapping[str, str]] = {
     "log_type": "log_level",
     "bind_address": "bind",
     "protocol": "type",
+    # bridges
+    "connection": "name",
+    "remote_clientid": "client_id",
+    "clientid": "client_id",
+    "local_clientid": "local_client_id",
+    "remote_username": "username",
+    "remote_password": "password",
+    "bridge_protocol_version": "protocol_version",
+    "keepalive_interval": "keepalive",
+    "cleansession": "clean_start",
+    "topic": "topics",
+    "restart_timeout": "reconnect_delay",
+    "bridge_outgoing_retain": "outgoing_retain",
 }
 
 
@@ -665,7 +1301,7 @@ def _listener_from_table(index: int, table: object, source: str | None) -> Liste
 
 def _config_from_table(data: Mapping[str, object], source: str | None) -> BrokerConfig:
     values: dict[str, Any] = {}
-    known = ["listener", *(k for k in BROKER_KEYS if k != "listeners")]
+    known = ["listener", "bridge", *(k for k in BROKER_KEYS if k not in ("listeners", "bridges"))]
     for key, value in data.items():
         if key == "listener":
             if not isinstance(value, list):
@@ -675,6 +1311,10 @@ def _config_from_table(data: Mapping[str, object], source: str | None) -> Broker
             values["listeners"] = [
                 _listener_from_table(i, table, source) for i, table in enumerate(value)
             ]
+        elif key == "bridge":
+            values["bridges"] = _bridges_from_value(value, source)
+        elif key == "metrics":
+            values["metrics"] = _metrics_from_table(value, source)
         elif key in known:
             values[key] = _check_value(key, value, BROKER_KEYS[key], _BROKER_KINDS[key], source)
         else:
@@ -742,7 +1382,7 @@ def _check_fields(
     source: str | None,
 ) -> None:
     for name, spec in specs.items():
-        if kinds[name].base != "listeners":
+        if kinds[name].base not in _TABLE_KINDS:
             _check_value(prefix + name, getattr(obj, name), spec, kinds[name], source)
 
 
@@ -767,13 +1407,71 @@ def validate_config(
         if listener.type not in IMPLEMENTED_LISTENER_TYPES:
             message = f"listener type {listener.type!r} is not available yet"
             raise ConfigError(prefix + "type", message, source)
+        _check_transport_keys(listener, prefix, source)
         where = (_transport_family(listener.type), listener.bind, listener.port)
         if listener.port != 0 and where in seen:
             message = f"listener[{seen[where]}] already uses {listener.address}"
             raise ConfigError(prefix + "port", message, source)
         seen[where] = index
+    _validate_bridges(config, source)
+    _validate_metrics(config, source)
     if check_security:
         validate_security(config, source=source)
+
+
+_TLS_KEYS: Final = (
+    "certfile", "keyfile", "cafile", "capath", "require_certificate", "use_identity_as_username",
+    "use_subject_as_username", "tls_version", "ciphers", "crlfile", "alpn",
+)  # fmt: skip
+_WS_KEYS: Final = (
+    "ws_path", "ws_subprotocols", "allowed_origins", "trusted_proxies", "ws_compression",
+)  # fmt: skip
+_FILE_KEYS: Final = ("certfile", "keyfile", "cafile", "crlfile")
+
+
+def _check_transport_keys(listener: ListenerSettings, prefix: str, source: str | None) -> None:
+    """The TLS and WebSocket keys of one listener: set only where they apply, files present,
+    and the combinations that make sense (mutual TLS needs a CA ...).
+
+    Raises:
+        ConfigError: naming the key (``listener[0].certfile``).
+    """
+    default = _DEFAULT_LISTENER
+    kind = listener.type
+    if kind in WS_LISTENER_TYPES and importlib.util.find_spec("websockets") is None:
+        message = f"a {kind} listener needs the websockets package: pip install 'mqttv5[ws]'"
+        raise ConfigError(prefix + "type", message, source)
+    for keys, allowed, what in (
+        (_TLS_KEYS, TLS_LISTENER_TYPES, "tls and wss"),
+        (_WS_KEYS, WS_LISTENER_TYPES, "ws and wss"),
+    ):
+        if kind in allowed:
+            continue
+        for key in keys:
+            if getattr(listener, key) != getattr(default, key):
+                message = f"applies to {what} listeners only (this one is {kind!r})"
+                raise ConfigError(prefix + key, message, source)
+    if kind not in TLS_LISTENER_TYPES:
+        return
+    for key in ("certfile", "keyfile"):
+        if getattr(listener, key) is None:
+            raise ConfigError(prefix + key, f"a {kind} listener needs certfile and keyfile", source)
+    for key in _FILE_KEYS:
+        path = getattr(listener, key)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(prefix + key, f"no such file: {path}", source)
+    if listener.capath is not None and not os.path.isdir(listener.capath):
+        raise ConfigError(prefix + "capath", f"no such directory: {listener.capath}", source)
+    has_ca = listener.cafile is not None or listener.capath is not None
+    for key in ("require_certificate", "use_identity_as_username", "use_subject_as_username"):
+        if getattr(listener, key) and not has_ca:
+            message = "needs cafile or capath to verify client certificates"
+            raise ConfigError(prefix + key, message, source)
+    if listener.crlfile is not None and not has_ca:
+        raise ConfigError(prefix + "crlfile", "needs cafile or capath", source)
+    if listener.use_identity_as_username and listener.use_subject_as_username:
+        message = "choose one of use_identity_as_username and use_subject_as_username"
+        raise ConfigError(prefix + "use_subject_as_username", message, source)
 
 
 def _transport_family(listener_type: str) -> str:
@@ -796,22 +1494,265 @@ def is_loopback(host: str) -> bool:
 def validate_security(config: BrokerConfig, *, source: str | None = None) -> None:
     """Mosquitto 2.0's rule: exposing the broker beyond this machine is an explicit choice.
 
-    A listener bound to anything but loopback needs ``allow_anonymous`` set (on it or globally)
-    or a password file (its own or the global one).
+    A listener bound to anything but loopback needs ``allow_anonymous`` set (on it or globally),
+    a password file (its own or the global one), or certificate authentication
+    (``require_certificate`` with ``use_identity_as_username`` or ``use_subject_as_username``).
+    A WebSocket listener counts as not on loopback wherever it is bound: a reverse proxy on this
+    host may forward clients from anywhere.
 
     Raises:
         ConfigError: key ``allow_anonymous``, naming the listener's address.
     """
     for listener in config.effective_listeners():
-        if is_loopback(listener.bind):
+        websocket = listener.type in WS_LISTENER_TYPES
+        if is_loopback(listener.bind) and not websocket:
             continue
         decided = listener.allow_anonymous is not None or config.allow_anonymous is not None
-        if not decided and config.effective_password_file(listener) is None:
+        if decided or config.effective_password_file(listener) is not None:
+            continue
+        if config.effective_scram_file(listener) is not None:
+            continue  # SCRAM-SHA-256 credentials: an authentication choice too
+        if listener.require_certificate and (
+            listener.use_identity_as_username or listener.use_subject_as_username
+        ):
+            continue  # every client is authenticated by its certificate
+        if websocket:
+            # A reverse proxy on this host forwards clients from anywhere to a loopback
+            # WebSocket listener, so loopback proves nothing about who connects.
+            message = (
+                f"{listener.label} is a WebSocket listener, which never counts as loopback "
+                "(a proxy may forward anyone): set allow_anonymous = true or a password_file"
+            )
+        else:
             message = (
                 f"listener {listener.address} is not on loopback: "
                 "set allow_anonymous = true or a password_file"
             )
-            raise ConfigError("allow_anonymous", message, source)
+        raise ConfigError("allow_anonymous", message, source)
+
+
+# --- bridges and the metrics listener: loading and checking --------------------------------------
+
+_TABLE_KINDS: Final = frozenset({"listeners", "bridges", "topics", "metrics"})
+
+
+def _values_from_table(
+    prefix: str,
+    table: object,
+    specs: Mapping[str, KeySpec],
+    kinds: Mapping[str, _Kind],
+    source: str | None,
+) -> dict[str, Any]:
+    """The checked values of one TOML table; table-valued keys are left to the caller.
+
+    Raises:
+        ConfigError: not a table, an unknown key or a bad value (``bridge[0].keepalive``).
+    """
+    if not isinstance(table, dict):
+        raise ConfigError(prefix, f"must be a table (got {_show(table)})", source)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}.{key}"
+        if key not in specs:
+            raise _unknown_key(key, path, list(specs), source)
+        kind = kinds[key]
+        values[key] = (
+            value
+            if kind.base in _TABLE_KINDS
+            else _check_value(path, value, specs[key], kind, source)
+        )
+    return values
+
+
+def _bridges_from_value(value: object, source: str | None) -> list[BridgeSettings]:
+    if not isinstance(value, list):
+        message = f"must be an array of tables: write [[bridge]] (got {_show(value)})"
+        raise ConfigError("bridge", message, source)
+    return [_bridge_from_table(i, table, source) for i, table in enumerate(value)]
+
+
+def _bridge_from_table(index: int, table: object, source: str | None) -> BridgeSettings:
+    prefix = f"bridge[{index}]"
+    values = _values_from_table(prefix, table, BRIDGE_KEYS, _BRIDGE_KINDS, source)
+    if "topics" in values:
+        rules = values["topics"]
+        if not isinstance(rules, list):
+            message = (
+                'must be an array of tables, e.g. [{ pattern = "sensors/#", direction = "out" }] '
+                f"(got {_show(rules)})"
+            )
+            raise ConfigError(f"{prefix}.topics", message, source)
+        values["topics"] = [
+            BridgeTopic(
+                **_values_from_table(
+                    f"{prefix}.topics[{j}]", rule, BRIDGE_TOPIC_KEYS, _TOPIC_KINDS, source
+                )
+            )
+            for j, rule in enumerate(rules)
+        ]
+    return BridgeSettings(**values)
+
+
+def _metrics_from_table(value: object, source: str | None) -> MetricsSettings:
+    return MetricsSettings(
+        **_values_from_table("metrics", value, METRICS_KEYS, _METRICS_KINDS, source)
+    )
+
+
+def _validate_bridges(config: BrokerConfig, source: str | None) -> None:
+    """Every ``[[bridge]]``: its values, unique names and local client ids, its topic rules.
+
+    Raises:
+        ConfigError: naming the key (``bridge[0].topics[1].direction``).
+    """
+    if not isinstance(config.bridges, list):
+        raise ConfigError("bridge", "must be a list of BridgeSettings", source)
+    names: dict[str, int] = {}
+    local_ids: dict[str, int] = {}
+    for index, bridge in enumerate(config.bridges):
+        prefix = f"bridge[{index}]."
+        if not isinstance(bridge, BridgeSettings):
+            raise ConfigError(f"bridge[{index}]", "must be a BridgeSettings", source)
+        if not bridge.name:
+            raise ConfigError(prefix + "name", "required: a name for the bridge", source)
+        _check_fields(bridge, BRIDGE_KEYS, _BRIDGE_KINDS, prefix, source)
+        if bridge.name in names:
+            message = f"bridge[{names[bridge.name]}] already has the name {bridge.name!r}"
+            raise ConfigError(prefix + "name", message, source)
+        names[bridge.name] = index
+        _check_bridge(bridge, prefix, source)
+        local_id = bridge.effective_local_client_id
+        if local_id in local_ids:
+            message = f"bridge[{local_ids[local_id]}] already uses the local client id {local_id!r}"
+            raise ConfigError(prefix + "local_client_id", message, source)
+        local_ids[local_id] = index
+
+
+def _check_bridge(bridge: BridgeSettings, prefix: str, source: str | None) -> None:
+    if not bridge.urls:
+        message = 'required: the remote broker\'s URL, e.g. "mqtt://core.example.com:1883"'
+        raise ConfigError(prefix + "address", message, source)
+    if bridge.reconnect_delay_max < bridge.reconnect_delay:
+        message = f"must be at least reconnect_delay ({bridge.reconnect_delay:g})"
+        raise ConfigError(prefix + "reconnect_delay_max", message, source)
+    if bridge.password is not None and bridge.username is None and bridge.protocol_version == 4:
+        raise ConfigError(prefix + "password", "needs a username with MQTT 3.1.1", source)
+    if bridge.effective_local_client_id == bridge.remote_client_id:
+        message = "must differ from client_id (a bridge to this broker would take itself over)"
+        raise ConfigError(prefix + "local_client_id", message, source)
+    if not isinstance(bridge.topics, list) or not bridge.topics:
+        message = (
+            'must list at least one topic rule, e.g. topics = [{ pattern = "sensors/#", '
+            'direction = "out" }]'
+        )
+        raise ConfigError(prefix + "topics", message, source)
+    for index, rule in enumerate(bridge.topics):
+        rule_prefix = f"{prefix}topics[{index}]."
+        if not isinstance(rule, BridgeTopic):
+            raise ConfigError(rule_prefix[:-1], "must be a BridgeTopic", source)
+        _check_fields(rule, BRIDGE_TOPIC_KEYS, _TOPIC_KINDS, rule_prefix, source)
+        _check_topic_rule(rule, rule_prefix, source)
+    _check_loops(bridge, prefix, source)
+
+
+def _check_topic_rule(rule: BridgeTopic, prefix: str, source: str | None) -> None:
+    if not rule.pattern:
+        if not rule.local_prefix or not rule.remote_prefix:
+            message = (
+                "required (it may be empty only when local_prefix and remote_prefix are both "
+                "set: they are then the full topic names)"
+            )
+            raise ConfigError(prefix + "pattern", message, source)
+        checks: list[tuple[str, str, str, Callable[[str], None]]] = [
+            ("local_prefix", rule.local_prefix, "name", validate_topic_name),
+            ("remote_prefix", rule.remote_prefix, "name", validate_topic_name),
+        ]
+    else:
+        checks = [
+            ("pattern", rule.local_filter, "filter", validate_topic_filter),
+            ("pattern", rule.remote_filter, "filter", validate_topic_filter),
+        ]
+    for key, text, what, check in checks:
+        if text.startswith("$share/"):
+            message = f"{text!r} is a shared subscription, which a bridge cannot use"
+            raise ConfigError(prefix + key, message, source)
+        try:
+            check(text)
+        except ProtocolError as exc:
+            message = f"{text!r} is not a valid topic {what}: {exc.message}"
+            raise ConfigError(prefix + key, message, source) from None
+
+
+def _filters_overlap(a: str, b: str) -> bool:
+    """Whether some topic name matches both topic filters."""
+    la, lb = a.split("/"), b.split("/")
+    for x, y in zip(la, lb, strict=False):
+        if x == "#" or y == "#":
+            return True
+        if x != y and x != "+" and y != "+":
+            return False
+    if len(la) == len(lb):
+        return True
+    longer = la if len(la) > len(lb) else lb
+    return longer[min(len(la), len(lb))] == "#"  # "a/#" also matches "a"
+
+
+def _check_loops(bridge: BridgeSettings, prefix: str, source: str | None) -> None:
+    """Refuse rules that would loop: over MQTT 3.1.1 there is no No Local, so a remote broker
+    sends the bridge's own publications back to its subscriptions unless it honours the bridge
+    flag (``try_private``, as Mosquitto does)."""
+    if bridge.protocol_version == 5 or bridge.try_private:
+        return
+    for j, inbound in enumerate(bridge.topics):
+        if not inbound.incoming:
+            continue
+        for k, outbound in enumerate(bridge.topics):
+            if outbound.outgoing and _filters_overlap(
+                inbound.remote_filter, outbound.remote_filter
+            ):
+                rules = f"topics[{j}]" if j == k else f"topics[{k}] and topics[{j}]"
+                message = (
+                    f"{rules} send and receive the same remote topics over MQTT 3.1.1 without "
+                    "try_private: the remote broker would send the bridge's own messages back "
+                    "(3.1.1 has no No Local), a loop. Set try_private = true (Mosquitto honours "
+                    "it), protocol_version = 5, or give the two directions disjoint topics"
+                )
+                raise ConfigError(f"{prefix}topics[{k}].direction", message, source)
+
+
+def _validate_metrics(config: BrokerConfig, source: str | None) -> None:
+    metrics = config.metrics
+    if metrics is None:
+        return
+    if not isinstance(metrics, MetricsSettings):
+        raise ConfigError("metrics", "must be a MetricsSettings", source)
+    _check_fields(metrics, METRICS_KEYS, _METRICS_KINDS, "metrics.", source)
+    if metrics.port == 0:
+        return
+    wildcard = ("0.0.0.0", "::")
+    for listener in config.effective_listeners():
+        same_host = (
+            listener.bind == metrics.bind or listener.bind in wildcard or metrics.bind in wildcard
+        )
+        if (
+            _transport_family(listener.type) == "tcp"
+            and listener.port == metrics.port
+            and same_host
+        ):
+            message = f"listener {listener.label} already uses port {metrics.port}"
+            raise ConfigError("metrics.port", message, source)
+
+
+def _flag_metrics(
+    args: argparse.Namespace, metrics: MetricsSettings | None
+) -> MetricsSettings | None:
+    """``--metrics-port N``: the metrics listener on port N (at the file's ``bind``, if any)."""
+    port = getattr(args, "metrics_port", None)
+    if port is None:
+        return metrics
+    kind = _METRICS_KINDS["port"]
+    _check_value("metrics.port", port, METRICS_KEYS["port"], kind, "--metrics-port")
+    return dataclasses.replace(metrics or MetricsSettings(), port=port)
 
 
 # --- command-line flags ---------------------------------------------------------------------------
@@ -833,6 +1774,44 @@ _FLAG_KEYS: Final[Mapping[str, tuple[str, str]]] = {
 _LISTENER_INHERITED: Final = ("allow_anonymous", "password_file", "acl_file", "max_packet_size")
 
 
+# Flags that add a TLS or WebSocket listener, and the flags that configure its TLS.
+_TRANSPORT_PORT_FLAGS: Final = (("tls_port", "tls"), ("ws_port", "ws"), ("wss_port", "wss"))
+_TLS_FLAGS: Final = {
+    "certfile": "--certfile",
+    "keyfile": "--keyfile",
+    "cafile": "--cafile",
+    "require_certificate": "--require-certificate",
+}
+
+
+def _transport_flag_listeners(args: argparse.Namespace) -> list[ListenerSettings]:
+    """The listeners of ``--tls-port``, ``--ws-port`` and ``--wss-port``: on ``--bind`` (else
+    127.0.0.1), TLS ones with ``--certfile --keyfile [--cafile --require-certificate]``.
+
+    Raises:
+        ConfigError: a bad port, or TLS flags without a TLS listener to apply to.
+    """
+    bind = getattr(args, "bind", None) or "127.0.0.1"
+    tls: dict[str, Any] = {}
+    for key in _TLS_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None and value is not False:
+            tls[key] = value
+    out: list[ListenerSettings] = []
+    for attr, kind in _TRANSPORT_PORT_FLAGS:
+        port = getattr(args, attr, None)
+        if port is None:
+            continue
+        flag = "--" + attr.replace("_", "-")
+        _check_value("port", port, LISTENER_KEYS["port"], _LISTENER_KINDS["port"], flag)
+        extra = tls if kind in TLS_LISTENER_TYPES else {}
+        out.append(ListenerSettings(type=kind, bind=bind, port=port, **extra))
+    if tls and not any(lis.type in TLS_LISTENER_TYPES for lis in out):
+        key = next(iter(tls))
+        raise ConfigError(key, "needs --tls-port or --wss-port", _TLS_FLAGS[key])
+    return out
+
+
 def _flag_listeners(bind: str | None, port: int | None) -> list[ListenerSettings]:
     if bind is None:
         assert port is not None
@@ -850,6 +1829,10 @@ def config_from_args(args: argparse.Namespace, base: BrokerConfig | None = None)
         args: the namespace of ``mqttv5 broker``'s parser; missing or None attributes are flags
             not given. ``--bind``/``--port`` replace all listeners with one TCP listener (only
             ``--port``: 127.0.0.1 and ::1 on that port; only ``--bind``: that address on 1883).
+            ``--tls-port``, ``--ws-port`` and ``--wss-port`` add a listener each (on ``--bind``,
+            else 127.0.0.1) to those, or to the default TCP listeners when there are none; the
+            TLS ones take ``--certfile``, ``--keyfile``, ``--cafile`` and
+            ``--require-certificate``.
             ``--allow-anonymous``, ``--password-file``, ``--acl-file`` and ``--max-packet-size``
             apply to every listener, replacing their own values.
         base: the configuration to override. None: the file named by ``args.config`` if any,
@@ -879,11 +1862,16 @@ def config_from_args(args: argparse.Namespace, base: BrokerConfig | None = None)
     listeners = [dataclasses.replace(lis) for lis in base.listeners]
     if bind is not None or port is not None:
         listeners = _flag_listeners(bind, port)
+    added = _transport_flag_listeners(args)
+    if added:
+        # added to the configured listeners; with none, to the default TCP pair
+        listeners = (listeners or _default_listeners()) + added
     for listener in listeners:
         for key in _LISTENER_INHERITED:
             if key in changes:
                 setattr(listener, key, None)
-    config = dataclasses.replace(base, listeners=listeners, **changes)
+    metrics = _flag_metrics(args, base.metrics)
+    config = dataclasses.replace(base, listeners=listeners, metrics=metrics, **changes)
     validate_config(config, source=path)
     return config
 
@@ -904,7 +1892,11 @@ _TYPE_DOC: Final = {
     "bool": "boolean",
     "str": "string",
     "list[int]": "array of integers",
+    "list[str]": "array of strings",
     "listeners": "array of tables",
+    "bridges": "array of tables",
+    "topics": "array of tables",
+    "metrics": "table",
 }
 
 
@@ -956,7 +1948,9 @@ def config_reference_markdown() -> str:
     lines = [
         "## Top-level keys",
         "",
-        *_table(BrokerConfig, BROKER_KEYS, _BROKER_KINDS, {"listeners": "listener"}),
+        *_table(
+            BrokerConfig, BROKER_KEYS, _BROKER_KINDS, {"listeners": "listener", "bridges": "bridge"}
+        ),
         "",
         "## `[[listener]]` keys",
         "",
@@ -964,5 +1958,27 @@ def config_reference_markdown() -> str:
         "of the same name.",
         "",
         *_table(ListenerSettings, LISTENER_KEYS, _LISTENER_KINDS, {}),
+        "",
+        "## `[[bridge]]` keys",
+        "",
+        "Each `[[bridge]]` table connects this broker to another one (mqttv5, Mosquitto or any "
+        "MQTT 5.0 or 3.1.1 broker) and names the topics they share; see docs/bridges.md.",
+        "",
+        *_table(BridgeSettings, BRIDGE_KEYS, _BRIDGE_KINDS, {}),
+        "",
+        "### Bridge `topics` entries",
+        "",
+        "Each entry of a bridge's `topics` array is one rule, like a Mosquitto `topic` line: "
+        '`topics = [{ pattern = "sensors/#", direction = "out", qos = 1 }]`.',
+        "",
+        *_table(BridgeTopic, BRIDGE_TOPIC_KEYS, _TOPIC_KINDS, {}),
+        "",
+        "## `[metrics]` keys",
+        "",
+        "A `[metrics]` table, even an empty one, opens an HTTP listener serving `/metrics` "
+        "(Prometheus text format) and `/health`; `--metrics-port N` does the same from the "
+        "command line. See docs/metrics.md.",
+        "",
+        *_table(MetricsSettings, METRICS_KEYS, _METRICS_KINDS, {}),
     ]
     return "\n".join(lines) + "\n"

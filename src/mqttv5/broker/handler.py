@@ -34,7 +34,7 @@ from mqttv5.protocol.packets import (
     Unsubscribe,
 )
 from mqttv5.protocol.properties import Properties
-from mqttv5.protocol.reason_codes import ReasonCode
+from mqttv5.protocol.reason_codes import DISCONNECT_CODES, ReasonCode
 from mqttv5.protocol.topics import parse_shared, validate_topic_filter
 
 from .acl import SubscribeAccess
@@ -359,6 +359,8 @@ class ClientHandler(asyncio.Protocol):
             return
         if self.accepted:  # re-authentication; failure closes [MQTT-4.12.1-2]
             if code.is_error:
+                if code not in DISCONNECT_CODES:  # e.g. 0x86, 0x8A, 0x8C exist only in CONNACK
+                    code = _RC.NOT_AUTHORIZED
                 self.conn.fail(code, result.reason_string or "re-authentication failed")
                 return
             props = result.properties.copy()
@@ -533,6 +535,10 @@ class ClientHandler(asyncio.Protocol):
                 continue
             entry.no_local = sub.no_local
             entry.retain_as_published = sub.retain_as_published
+            if self._connect is not None and self._connect.is_bridge:
+                # Mosquitto's bridge flag (try_private): a bridge never gets its own messages
+                # back and sees retained flags as published, as Mosquitto treats bridges
+                entry.no_local = entry.retain_as_published = True
             entry.retain_handling = sub.retain_handling
             entry.sub_id = sid
             is_new = self.broker.router.subscribe(session, entry)

@@ -1,4 +1,4 @@
-"""Plain integer counters shared by ``$SYS`` and (later) the Prometheus endpoint.
+"""Plain integer counters shared by ``$SYS`` and the Prometheus endpoint (``metrics_http``).
 
 One :class:`Counters` object per broker; the hot path increments attributes directly (no locks:
 asyncio runs one thread).
@@ -19,8 +19,10 @@ class Counters:
         "clients_connected",
         "clients_maximum",
         "connections_total",
+        "disconnected_rate_limit",
         "dropped_expired",
         "dropped_queue_full",
+        "dropped_rate_limited",
         "dropped_slow_consumer",
         "dropped_too_large",
         "messages_received",
@@ -28,6 +30,11 @@ class Counters:
         "protocol_errors",
         "publish_received",
         "publish_sent",
+        "refused_address_limit",
+        "refused_connection_rate",
+        "refused_retained_quota",
+        "throttled_bandwidth",
+        "throttled_publishers",
     )
 
     def __init__(self) -> None:
@@ -49,6 +56,14 @@ class Counters:
     publish_received: int
     publish_sent: int
     protocol_errors: int
+    # resource limits (limits.py)
+    refused_address_limit: int  #: connections closed: too many from their address
+    refused_connection_rate: int  #: CONNECTs answered 0x9F Connection rate exceeded
+    dropped_rate_limited: int  #: QoS 0 PUBLISH dropped over max_publish_rate
+    throttled_publishers: int  #: reading paused for max_publish_rate
+    throttled_bandwidth: int  #: reading paused for max_inbound_bytes_per_second
+    disconnected_rate_limit: int  #: clients disconnected with 0x96 Message rate too high
+    refused_retained_quota: int  #: retained PUBLISH refused (0x97, or QoS 0 not stored)
 
     def snapshot(self) -> dict[str, int]:
         """All counters as a dict."""

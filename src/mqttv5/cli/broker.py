@@ -89,6 +89,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen on port N (0 = any free port); without --bind, on 127.0.0.1 and ::1. "
         "Replaces the listeners of the configuration file",
     )
+    add(
+        "--tls-port",
+        type=int,
+        metavar="N",
+        help="also listen for MQTT over TLS on port N (on --bind, else 127.0.0.1); needs "
+        "--certfile and --keyfile",
+    )
+    add(
+        "--ws-port",
+        type=int,
+        metavar="N",
+        help="also listen for MQTT over WebSocket on port N (on --bind, else 127.0.0.1); "
+        "needs --allow-anonymous or --password-file, as a proxy may forward anyone",
+    )
+    add(
+        "--wss-port",
+        type=int,
+        metavar="N",
+        help="also listen for MQTT over secure WebSocket on port N; needs --certfile and --keyfile",
+    )
+    add(
+        "--certfile",
+        metavar="FILE",
+        help="server certificate chain (PEM) of --tls-port and --wss-port",
+    )
+    add("--keyfile", metavar="FILE", help="private key (PEM) of --certfile")
+    add("--cafile", metavar="FILE", help="CA certificates (PEM) for client certificates")
+    add(
+        "--require-certificate",
+        action="store_true",
+        default=None,
+        help="clients of --tls-port and --wss-port must present a certificate signed by "
+        "--cafile (mutual TLS)",
+    )
     add("--storage", choices=_choices("storage"), help=f"session storage (default: {d.storage})")
     add("--data-dir", metavar="DIR", help=f"directory for sqlite storage (default: {d.data_dir})")
     add(
@@ -124,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help=f"seconds between $SYS updates, 0 disables $SYS (default: {d.sys_interval:g})",
+    )
+    add(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus /metrics and /health over HTTP on port N (0 = any free port), "
+        "on the [metrics] table's bind address, else 127.0.0.1 (default: off, or the "
+        "[metrics] table of the file)",
     )
     add(
         "--print-config-reference",

@@ -15,6 +15,7 @@ from ..client import ConnectOptions, MqttClient, ReconnectPolicy, Will
 from ..protocol.errors import ConnectRefused, MqttError
 from ..protocol.properties import PROPERTY_TABLE, Properties, WireType
 from ..transport.base import TransportError
+from ..transport.tls import TlsConfig
 
 __all__ = [
     "EXIT_ERROR",
@@ -61,8 +62,10 @@ def add_common_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
     add = parser.add_argument
     add("--help", action="help", help="show this help and exit")
     add("-h", "--host", default="localhost", help="broker host (default localhost)")
-    add("-p", "--port", type=int, default=None, help="broker port (default 1883)")
-    add("-L", "--url", help="mqtt://[user[:password]@]host[:port]/topic")
+    add("-p", "--port", type=int, default=None,
+        help="broker port (default 1883, 8883 with TLS options)")  # fmt: skip
+    add("-L", "--url", help="mqtt://[user[:password]@]host[:port]/topic; also mqtts://, "
+        "ws://host:port/path and wss://")  # fmt: skip
     add("-t", "--topic", action="append", default=[], help="topic (sub: filter, repeatable)")
     add("-q", "--qos", type=int, choices=(0, 1, 2), default=0, help="quality of service")
     add("-i", "--id", help="client identifier")
@@ -79,10 +82,11 @@ def add_common_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
     add("--will-payload", default="", help="payload of the Will Message")
     add("--will-qos", type=int, choices=(0, 1, 2), default=0, help="QoS of the Will Message")
     add("--will-retain", action="store_true", help="retain the Will Message")
-    add("--cafile", help="CA certificates (TLS)")
+    add("--cafile", help="CA certificates (PEM) the broker's certificate must chain to; "
+        "any TLS option means TLS (mqtts://, wss:// with -L ws://)")  # fmt: skip
     add("--capath", help="CA certificate directory (TLS)")
-    add("--cert", help="client certificate (TLS)")
-    add("--key", help="client private key (TLS)")
+    add("--cert", help="client certificate (PEM), for mutual TLS")
+    add("--key", help="client private key (PEM)")
     add("--insecure", action="store_true", help="do not check the server's host name (TLS)")
     add("--no-reconnect" if sub else "--reconnect", action="store_true",
         help="do not reconnect when the connection is lost" if sub else
@@ -155,11 +159,12 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str], *, sub: bool) ->
     version = _VERSIONS.get(str(args.protocol_version).lower())
     if version not in (4, 5):
         raise CliError(f"unsupported protocol version {args.protocol_version!r}")
-    if any((args.cafile, args.capath, args.cert, args.key, args.insecure)):
-        raise CliError("TLS transport not available yet (--cafile/--capath/--cert/--key)")
-    host, port, url_topic = args.host, args.port or 1883, None
+    tls = _tls_config(args)
+    # As mosquitto_pub: a TLS option means TLS, on 8883 unless -p says otherwise.
+    scheme = "mqtts" if tls is not None else "mqtt"
+    host, port, url_topic = args.host, args.port or (8883 if tls else 1883), None
     username, password = args.username, args.pw
-    scheme = "mqtt"
+    path = ""
     if args.url:
         from ..transport.url import parse_url
 
@@ -167,11 +172,14 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str], *, sub: bool) ->
         scheme, host, port = endpoint.scheme, endpoint.host, endpoint.port
         username = endpoint.username or username
         password = endpoint.password or password
-        url_topic = endpoint.path.lstrip("/") or None
+        if scheme in ("ws", "wss"):
+            path = endpoint.path  # the WebSocket path (/mqtt), not a topic
+        else:
+            url_topic = endpoint.path.lstrip("/") or None
+        if tls is not None and scheme in ("mqtt", "tcp", "ws"):
+            scheme = {"ws": "wss"}.get(scheme, "mqtts")
     if url_topic and not args.topic:
         args.topic = [url_topic]
-    if scheme in ("mqtts", "ssl", "wss"):
-        raise CliError("TLS transport not available yet")
     client_id = args.id or (f"{args.id_prefix}{os.getpid()}" if args.id_prefix else "")
     if args.disable_clean_session and not client_id:
         raise CliError("Invalid id and/or clean_session: -c needs a client id (-i)")
@@ -205,9 +213,30 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str], *, sub: bool) ->
         password=password,
         will=will,
         version=version,
+        tls=tls,
     )
     bracket = f"[{host}]" if ":" in host else host
-    return Common(args, f"{scheme}://{bracket}:{port}", client_id, options, store)
+    return Common(args, f"{scheme}://{bracket}:{port}{path}", client_id, options, store)
+
+
+def _tls_config(args: argparse.Namespace) -> TlsConfig | None:
+    """mosquitto_pub's TLS options as a :class:`TlsConfig` (None when none is given)."""
+    if not any((args.cafile, args.capath, args.cert, args.key, args.insecure)):
+        return None
+    for flag, path in (("--cafile", args.cafile), ("--cert", args.cert), ("--key", args.key)):
+        if path is not None and not os.path.isfile(path):
+            raise CliError(f"{flag}: cannot read {path}")
+    if args.capath is not None and not os.path.isdir(args.capath):
+        raise CliError(f"--capath: {args.capath} is not a directory")
+    if (args.cert is None) != (args.key is None):
+        raise CliError("--cert and --key go together")
+    return TlsConfig(
+        ca_file=args.cafile,
+        ca_path=args.capath,
+        cert_file=args.cert,
+        key_file=args.key,
+        insecure=args.insecure,
+    )
 
 
 def build_client(common: Common, *, reconnect: bool, **kwargs: object) -> MqttClient:

@@ -5,6 +5,7 @@
     mqttv5 passwd [-H hash] [-I work] [-c | -D] FILE USER        prompt for the password
     mqttv5 passwd [-H hash] [-I work] [-c] -b FILE USER PASSWORD
     mqttv5 passwd -U FILE                                        hash a plain-text file
+    mqttv5 passwd --hash scram-sha-256 [-I work] [-c | -D] --scram-file FILE USER [PASSWORD]
 
 Options, messages and exit statuses are mosquitto_passwd's (2.0), with these differences:
 
@@ -21,6 +22,13 @@ Options, messages and exit statuses are mosquitto_passwd's (2.0), with these dif
   which locks that user out), so it can be run twice.
 - User names must also not be empty, start with ``#`` (the line would be a comment) or begin or
   end with a blank (the broker trims them).
+
+SCRAM-SHA-256 credentials (enhanced authentication, ``scram_file`` in the broker's configuration)
+live in a file of their own, ``user:SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``
+(PostgreSQL's format: no password is stored), written with ``--scram-file FILE``, which implies
+``--hash scram-sha-256``. A PASSWORD after USER sets it without a prompt (no ``-b`` needed); the
+file is created when missing; ``-I`` is the PBKDF2 iteration count (default 4096, at least 4096).
+SCRAM lines are never written into a Mosquitto password file, which could not read them.
 
 Without ``-b`` the password is asked twice: with echo off on a terminal (getpass); when standard
 input is not a terminal, one line each is read from it and the prompts go to standard output,
@@ -39,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ..broker.passwords import hash_password, normalize_scheme, parse_hash, split_line
+from ..broker.scram import MIN_ITERATIONS, hash_scram
 
 __all__ = ["main"]
 
@@ -48,6 +57,7 @@ mqttv5 passwd is a tool for managing password files for mosquitto and mqttv5.
 Usage: mqttv5 passwd [-H sha512-pbkdf2 | -H argon2id | -H bcrypt] [-I work] [-c | -D] passwordfile username
        mqttv5 passwd [-H sha512-pbkdf2 | -H argon2id | -H bcrypt] [-I work] [-c] -b passwordfile username password
        mqttv5 passwd -U passwordfile
+       mqttv5 passwd --hash scram-sha-256 [-I work] [-c | -D] --scram-file scramfile username [password]
  -b : run in batch mode to allow passing passwords on the command line.
  -c : create a new password file. This will overwrite existing files.
  -D : delete the username rather than adding/updating its password.
@@ -58,6 +68,8 @@ Usage: mqttv5 passwd [-H sha512-pbkdf2 | -H argon2id | -H bcrypt] [-I work] [-c 
  -I : work factor: PBKDF2 iterations (default 1000), bcrypt cost (default 12) or
       Argon2 time cost.
  -U : update a plain text password file to use hashed passwords.
+ --scram-file : write SCRAM-SHA-256 credentials (for enhanced authentication) to this
+      file instead; -I is then the PBKDF2 iteration count (default and minimum 4096).
 """  # noqa: E501
 
 MAX_LENGTH: Final = 65535
@@ -65,7 +77,10 @@ EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_MISMATCH: Final = 2  # mosquitto_passwd's status when the two passwords differ
 
-_SCRAM: Final = ("scram-sha-256", "scram-sha-1", "scram-sha-512", "scram")
+SCRAM: Final = "scram-sha-256"
+_SCRAM_NAMES: Final = ("scram-sha-256", "scram")
+_SCRAM_OTHERS: Final = ("scram-sha-1", "scram-sha-512", "scram-sha-1-plus", "scram-sha-256-plus")
+_SCRAM_USAGE: Final = "mqttv5 passwd --hash scram-sha-256 --scram-file FILE USER [PASSWORD]"
 
 
 class PasswdError(Exception):
@@ -90,16 +105,17 @@ class _Options:
     delete: bool = False
     upgrade: bool = False
     scheme: str = "pbkdf2"
+    scheme_given: bool = False
     work: int | None = None
+    scram_file: str | None = None
     positional: list[str] = field(default_factory=list)
 
 
 def _scheme(name: str) -> str:
-    if name.lower() in _SCRAM:
-        raise PasswdError(
-            f"Error: Hash type '{name}' is not supported yet: SCRAM needs enhanced "
-            "authentication, which is planned. Use sha512-pbkdf2, argon2id or bcrypt."
-        )
+    if name.lower() in _SCRAM_NAMES:
+        return SCRAM
+    if name.lower() in _SCRAM_OTHERS:
+        raise PasswdError(f"Error: Hash type '{name}' is not supported: only scram-sha-256 is.")
     try:
         return normalize_scheme(name)
     except ValueError:
@@ -125,9 +141,16 @@ def _parse_options(argv: Sequence[str]) -> _Options:
                 if opts.work < 1:
                     raise PasswdError("Error: Number of iterations must be > 0.")
             else:
-                opts.scheme = _scheme(argv[index])
+                opts.scheme, opts.scheme_given = _scheme(argv[index]), True
         elif arg.startswith("--hash="):
-            opts.scheme = _scheme(arg.partition("=")[2])
+            opts.scheme, opts.scheme_given = _scheme(arg.partition("=")[2]), True
+        elif arg == "--scram-file":
+            if index + 1 == len(argv):
+                raise PasswdError(f"Error: {arg} argument given but not enough other arguments.")
+            index += 1
+            opts.scram_file = argv[index]
+        elif arg.startswith("--scram-file="):
+            opts.scram_file = arg.partition("=")[2]
         else:
             break
         index += 1
@@ -307,7 +330,50 @@ def _upgrade(lines: list[str], opts: _Options) -> list[str]:
     return result
 
 
+def _run_scram(opts: _Options) -> int:
+    """``--scram-file FILE USER [PASSWORD]``: add, update (or with -D delete) a SCRAM user."""
+    path = opts.scram_file
+    if path is None:
+        raise PasswdError(
+            "Error: SCRAM-SHA-256 credentials go in their own file (a Mosquitto password "
+            f"file cannot hold them): {_SCRAM_USAGE}"
+        )
+    if opts.scheme_given and opts.scheme != SCRAM:
+        raise PasswdError("Error: --scram-file takes only --hash scram-sha-256.")
+    if opts.upgrade:
+        raise PasswdError("Error: -U cannot be used with --scram-file.")
+    if opts.create and opts.delete:
+        raise PasswdError("Error: -c and -D cannot be used together.")
+    count = len(opts.positional)
+    if not (count == 1 if opts.delete else 1 <= count <= 2) or (opts.batch and count != 2):
+        raise PasswdError(f"Error: usage: {_SCRAM_USAGE}")
+    if opts.work is not None and opts.work < MIN_ITERATIONS:
+        raise PasswdError(f"Error: SCRAM-SHA-256 needs at least {MIN_ITERATIONS} iterations.")
+    username = opts.positional[0]
+    _check_username(username)
+    exists = os.path.exists(path)
+    lines = _read_lines(path) if exists and not opts.create else []
+    if opts.delete:
+        kept = [line for line in lines if _user_of(line) != username]
+        if not exists or len(kept) == len(lines):
+            raise PasswdError(f"Warning: User {username} not found in SCRAM file.")
+        _write_atomically(path, kept, create=False)
+        return EXIT_OK
+    password = os.fsencode(opts.positional[1]) if count == 2 else _prompt_password()
+    if len(password) > MAX_LENGTH:
+        raise PasswdError("Error: Password must be less than 65536 characters long.")
+    try:
+        new_line = f"{username}:{hash_scram(password, opts.work)}\n"
+    except ValueError as exc:
+        raise PasswdError(f"Error: Unable to hash password: {exc}.") from None
+    create = opts.create or not exists
+    _write_atomically(path, _update_user(lines, username, new_line), create=create)
+    return EXIT_OK
+
+
 def _run(opts: _Options) -> int:
+    if opts.scram_file is not None or opts.scheme == SCRAM:
+        return _run_scram(opts)
     _check_arguments(opts)
     path = opts.positional[0]
     if opts.upgrade:

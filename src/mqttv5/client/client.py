@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Final, Self
@@ -36,6 +37,9 @@ from ..protocol.packets import (
 from ..protocol.properties import Properties
 from ..protocol.reason_codes import ReasonCode
 from ..protocol.topics import parse_shared, validate_topic_filter, validate_topic_name
+from ..transport.base import Stream, TransportError
+from ..transport.tls import TlsConfig
+from ..transport.url import open_url
 from .core import ClientCore, StreamOpener, SubscriptionSpec, _new_publish, _SubRecord
 from .delivery import MessageStream
 from .message import ConnectedEvent, Message, MessageCallback, NotConnected
@@ -88,6 +92,69 @@ class MqttClient(ClientCore):
         """Outgoing QoS 1/2 messages not yet completed (session state)."""
         return self._inflight
 
+    def set_tls_config(
+        self,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        insecure: bool = False,
+        server_hostname: str | None = None,
+        *,
+        ca_path: str | None = None,
+        alpn: Sequence[str] | None = None,
+        min_version: str = "tlsv1.2",
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Set how ``mqtts://`` and ``wss://`` connections are secured (``options.tls``).
+
+        Args:
+            ca_file: CA certificates (PEM) the server's certificate must chain to; None: the
+                system's trusted CAs.
+            cert_file: our certificate (PEM) for mutual TLS.
+            key_file: its private key (PEM, not encrypted); None if ``cert_file`` holds it.
+            insecure: do not check the server's host name against its certificate (the chain
+                is still verified), as mosquitto_pub's ``--insecure``.
+            server_hostname: the name sent as SNI and checked; None: the URL's host.
+            ca_path: a directory of CA certificates.
+            alpn: ALPN protocols to offer; None: ``mqtt`` (``http/1.1`` for ``wss://``).
+            min_version: ``"tlsv1.2"`` or ``"tlsv1.3"``.
+            context: a ready :class:`ssl.SSLContext` instead of the above.
+
+        A handshake failure then raises :class:`~mqttv5.transport.base.TlsError` from
+        :meth:`connect`; TLS settings with an ``mqtt://`` URL are an error.
+        """
+        self.options.tls = TlsConfig(
+            ca_file=ca_file,
+            ca_path=ca_path,
+            cert_file=cert_file,
+            key_file=key_file,
+            insecure=insecure,
+            server_hostname=server_hostname,
+            alpn=tuple(alpn) if alpn is not None else None,
+            min_version=min_version,
+            context=context,
+        )
+
+    async def _open_stream(self) -> Stream:
+        url = self.url
+        if isinstance(url, str):
+            opts = self.options
+            return await open_url(url, connect_timeout=opts.connect_timeout, tls=opts.tls)
+        return await super()._open_stream()
+
+    async def _handshake(
+        self, stream: Stream, clean_start: bool, reconnect: bool
+    ) -> ConnectedEvent:
+        try:
+            return await super()._handshake(stream, clean_start, reconnect)
+        except ConnectionClosed as exc:
+            # A transport that knows why (a TLS 1.3 server refusing our certificate tells us
+            # on the first read, after the handshake looked complete) says so.
+            failure = getattr(stream, "failure", None)
+            if isinstance(failure, TransportError):
+                raise failure from exc
+            raise
+
     async def __aenter__(self) -> Self:
         await self.connect()
         return self
@@ -107,8 +174,10 @@ class MqttClient(ClientCore):
         """Connect and wait for CONNACK (and any AUTH exchange).
 
         Args:
-            url: ``mqtt://host:port`` (``tcp://`` alike; other schemes as their transports
-                land), or a coroutine function returning a :class:`~mqttv5.transport.Stream`.
+            url: ``mqtt://host:port`` (``tcp://`` alike), ``mqtts://host:8883`` (TLS, see
+                :meth:`set_tls_config`), ``ws://host:8080/mqtt`` or ``wss://host:8443/mqtt``
+                (WebSocket), or a coroutine function returning a
+                :class:`~mqttv5.transport.Stream`.
             options: CONNECT options (default: those given to the constructor).
 
         Returns:
@@ -117,7 +186,9 @@ class MqttClient(ClientCore):
         Raises:
             RefusedByServer: CONNACK carried an error reason code (``str(exc)`` reads like
                 ``Connection refused: not authorized (0x87)``).
-            TransportError: the network connection could not be made.
+            TransportError: the network connection could not be made (its subclasses
+                TlsError: the TLS handshake failed, e.g. an untrusted or expired certificate;
+                WebSocketError: the WebSocket upgrade was refused).
             InvalidState: already connected.
             TimeoutError: no CONNACK within ``options.connect_timeout``.
         """
@@ -306,11 +377,22 @@ class MqttClient(ClientCore):
         props = Properties(user_properties=user_properties)
         if sid is not None and v5:
             props.subscription_identifiers = [sid]
+        if callback is not None:
+            # registered before SUBSCRIBE goes out: a retained message may arrive with the SUBACK
+            if sid is not None:
+                self._sid_callbacks[sid] = callback
+            for sub in subs:
+                self._filter_callbacks[sub.topic_filter] = callback
         suback = await self._request(conn, Subscribe(conn.next_packet_id(), subs, props))
         assert isinstance(suback, Suback)
         codes = suback.reason_codes
         for sub, code in zip(subs, codes, strict=False):
             if code.is_error:
+                if (
+                    callback is not None
+                    and self._filter_callbacks.get(sub.topic_filter) is callback
+                ):
+                    del self._filter_callbacks[sub.topic_filter]
                 continue
             self._subs[sub.topic_filter] = _SubRecord(sub, callback, props)
             if callback is not None:

@@ -191,6 +191,7 @@ class ClientCore:
             password=password,
             will=opts.will,
             properties=props,
+            is_bridge=opts.bridge,
         )
 
     async def _establish(self, *, reconnect: bool) -> ConnectedEvent:

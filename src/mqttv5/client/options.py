@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 from ..protocol.packets import Will
 from ..protocol.properties import Properties
 from ..protocol.reason_codes import ReasonCode
+from ..transport.tls import TlsConfig
 
 __all__ = [
     "Authenticator",
@@ -123,6 +124,13 @@ class ConnectOptions:
         authenticator: enhanced authentication, if any.
         version: protocol level: 5 (MQTT 5.0) or 4 (3.1.1).
         connect_timeout: seconds to wait for the transport and CONNACK.
+        tls: TLS settings for ``mqtts://`` and ``wss://`` URLs (CA, client certificate ...);
+            None: the system's CAs, no client certificate. See
+            :meth:`~mqttv5.client.MqttClient.set_tls_config`.
+        bridge: announce a bridge (Mosquitto's ``try_private``: bit 0x80 set on the protocol
+            level of CONNECT). A broker that honours it (Mosquitto) does not send the bridge
+            its own publications back and keeps their RETAIN flag, even over 3.1.1; one that
+            does not may refuse the connection.
     """
 
     clean_start: bool = True
@@ -140,6 +148,8 @@ class ConnectOptions:
     authenticator: Authenticator | None = None
     version: int = 5
     connect_timeout: float = 10.0
+    tls: TlsConfig | None = None
+    bridge: bool = False
 
     def connect_properties(self) -> Properties:
         """The CONNECT properties these options produce (without authentication)."""

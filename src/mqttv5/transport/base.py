@@ -22,7 +22,9 @@ from ..protocol.errors import ConnectionClosed, MqttError
 __all__ = [
     "PeerInfo",
     "Stream",
+    "TlsError",
     "TransportError",
+    "WebSocketError",
     "map_connect_errors",
     "map_stream_errors",
 ]
@@ -41,6 +43,22 @@ class TransportError(MqttError):
         self.message = message
 
 
+class TlsError(TransportError):
+    """The TLS handshake failed: a certificate was not trusted, had expired or did not match the
+    host name, the server refused our client certificate (or wanted one), no TLS version or
+    cipher in common, or the port does not speak TLS. ``message`` says which."""
+
+
+class WebSocketError(TransportError):
+    """The WebSocket upgrade failed: the server answered with an HTTP error (wrong path,
+    refused Origin, wrong subprotocol) or not with HTTP at all, or it sent a frame MQTT does
+    not allow. ``message`` says which; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, address: str, message: str, status: int | None = None) -> None:
+        super().__init__(address, message)
+        self.status = status
+
+
 @dataclass(frozen=True, slots=True)
 class PeerInfo:
     """Who is at the other end of a stream.
@@ -50,7 +68,8 @@ class PeerInfo:
         port: the peer's port (0 when the transport has none).
         tls: certificate information of a TLS peer (``ssl.SSLSocket.getpeercert()`` shape), or
             None for a plain transport.
-        transport: the transport's name (``"tcp"``, ``"memory"`` ...).
+        transport: the transport's name (``"tcp"``, ``"tls"``, ``"ws"``, ``"wss"``,
+            ``"memory"`` ...).
     """
 
     address: str
@@ -66,6 +85,11 @@ class Stream(Protocol):
     ``write``/``writelines`` queue bytes without waiting; ``drain`` waits until the transport's
     buffer is below its high-water mark. ``read`` returns ``b""`` at end of stream and raises
     :class:`ConnectionClosed` when the connection broke.
+
+    A stream may also have a ``failure`` attribute (a :class:`TransportError` or None): set when
+    the connection broke for a reason of the transport's own that the client should report as
+    such, e.g. a TLS 1.3 server refusing our client certificate, which arrives as an alert on
+    the first read, after the handshake looked complete.
     """
 
     peer: PeerInfo

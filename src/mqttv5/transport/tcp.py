@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Final
+from typing import Final, cast
 
 from ..protocol.errors import ConnectionClosed
 from .base import PeerInfo, map_connect_errors
@@ -37,8 +37,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -180,7 +179,6 @@ async def open_tcp(
             transport, protocol = await loop.create_connection(
                 lambda: _StreamProtocol(read_limit), host, port
             )
-    assert isinstance(transport, asyncio.Transport)
     sock = transport.get_extra_info("socket")
     if sock is not None:
         try:
