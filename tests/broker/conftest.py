@@ -33,6 +33,8 @@ async def started_broker(**overrides: Any) -> AsyncIterator[MqttBroker]:
     """A broker on 127.0.0.1 and an ephemeral port; ``overrides`` are BrokerConfig fields."""
     listener_opts = overrides.pop("listener", {})
     config = BrokerConfig(
+        # memory unless a test asks for the durable store (tests/broker/test_sqlite_store.py)
+        storage=overrides.pop("storage", "memory"),
         listeners=[ListenerSettings(type="tcp", bind="127.0.0.1", port=0, **listener_opts)],
         sys_interval=overrides.pop("sys_interval", 0),
         keepalive_sweep_interval=overrides.pop("keepalive_sweep_interval", 0.1),

@@ -84,7 +84,7 @@ class TestLoad:
             password_file = "/etc/p"
             scram_file = "/etc/s"
             acl_file = "/etc/a"
-            storage = "sqlite"
+            storage = "memory"
             data_dir = "/var/lib/mqttv5"
             log_level = "warning"
             log_format = "json"
@@ -126,7 +126,7 @@ class TestLoad:
         """
         config = load_config(write(text))
         expected = BrokerConfig(
-            allow_anonymous=False, password_file="/etc/p", acl_file="/etc/a", storage="sqlite",
+            allow_anonymous=False, password_file="/etc/p", acl_file="/etc/a", storage="memory",
             data_dir="/var/lib/mqttv5", log_level="warning", log_format="json",
             log_file="/var/log/mqttv5.log", max_packet_size=2048, receive_maximum=100,
             topic_alias_maximum=0, max_keepalive=600, max_topic_levels=16, max_subscriptions=50,
@@ -688,7 +688,7 @@ class TestReference:
     def test_defaults_are_shown(self):
         text = config_reference_markdown()
         assert "| `max_packet_size` | integer, 1..268435460 | `1048576` |" in text
-        assert '| `storage` | string: `memory`, `sqlite` | `"memory"` |' in text
+        assert '| `storage` | string: `memory`, `sqlite` | `"sqlite"` |' in text
         assert "1883 (tcp), 8883 (tls)" in text
 
     def test_docs_generated_section_is_up_to_date(self):

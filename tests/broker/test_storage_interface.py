@@ -27,8 +27,18 @@ def test_commit_ticket_runs_callbacks_once_done() -> None:
     assert seen[-1] == "now"
 
 
-def test_memory_store_is_the_default_and_keeps_nothing() -> None:
-    broker = MqttBroker(BrokerConfig())
+def test_durable_store_is_the_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mqttv5.broker.storage.sqlite import SqliteStore
+
+    assert BrokerConfig().storage == "sqlite"
+    broker = MqttBroker(dataclasses.replace(BrokerConfig(), data_dir=str(tmp_path / "d")))
+    assert isinstance(broker.store, SqliteStore)
+    assert (tmp_path / "d" / "mqttv5.db").exists()
+    broker.store.close()
+
+
+def test_memory_store_keeps_nothing() -> None:
+    broker = MqttBroker(dataclasses.replace(BrokerConfig(), storage="memory"))
     assert isinstance(broker.store, MemoryStore)
     assert broker.store.load().sessions == []
 

@@ -792,10 +792,12 @@ class BrokerConfig:
     )
     # --- storage and logging ---
     storage: str = _key(
-        "memory",
-        "Where sessions, retained messages and queued messages live: `memory` (lost on restart) "
-        "or `sqlite` (durable, a file under `data_dir`). Mosquitto's `persistence` is off by "
-        "default too.",
+        "sqlite",
+        "Where sessions, retained messages and queued messages live: `sqlite` (durable: a file "
+        "under `data_dir`; a QoS 1/2 message is acknowledged only once it is on disk, so none "
+        "that was acknowledged is lost even if the broker is killed) or `memory` (lost on "
+        "restart). Differs from Mosquitto, whose `persistence` is off by default and which "
+        "saves periodically.",
         choices=("memory", "sqlite"),
     )
     data_dir: str = _key(
