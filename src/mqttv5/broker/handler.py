@@ -254,7 +254,7 @@ class ClientHandler(asyncio.Protocol):
                 assert session is not None
                 store = self.broker.store
                 if queued:
-                    store.delivery_sent(session.client_id, message.id, pid)
+                    store.delivery_sent(session.client_id, message.id, pid, delivery.qos)
                 else:
                     store.add_delivery(session.client_id, delivery, pid)
                     self.broker.persisted += 1

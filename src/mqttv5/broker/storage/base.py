@@ -139,8 +139,8 @@ class SessionStore(Protocol):
         """``delivery`` waits for ``client_id`` (``packet_id`` None) or was sent with it."""
         ...
 
-    def delivery_sent(self, client_id: str, message_id: int, packet_id: int) -> None:
-        """A queued delivery went out with ``packet_id``."""
+    def delivery_sent(self, client_id: str, message_id: int, packet_id: int, qos: int) -> None:
+        """A queued delivery went out with ``packet_id`` at ``qos``."""
         ...
 
     def delivery_released(self, client_id: str, packet_id: int) -> None:

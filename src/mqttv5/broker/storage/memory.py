@@ -39,7 +39,7 @@ class MemoryStore:
     def add_delivery(self, client_id: str, delivery: Delivery, packet_id: int | None) -> None:
         """No-op."""
 
-    def delivery_sent(self, client_id: str, message_id: int, packet_id: int) -> None:
+    def delivery_sent(self, client_id: str, message_id: int, packet_id: int, qos: int) -> None:
         """No-op."""
 
     def delivery_released(self, client_id: str, packet_id: int) -> None:

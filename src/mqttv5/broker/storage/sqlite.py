@@ -103,11 +103,6 @@ CREATE TABLE incoming_qos2 (
 );
 """
 
-_DROP_ORPHAN: Final = (
-    "DELETE FROM messages WHERE id = ? AND NOT EXISTS "
-    "(SELECT 1 FROM deliveries WHERE message_id = messages.id) AND NOT EXISTS "
-    "(SELECT 1 FROM retained WHERE message_id = messages.id)"
-)
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -134,10 +129,14 @@ class SqliteStore:
         self._ops: list[Statement] = []
         self._ticket = CommitTicket()
         self._seq = 0
-        self._saved_messages: set[int] = set()
-        # client id -> packet id -> message id of the deliveries in flight, so an
-        # acknowledgement deletes by primary key without reading first
-        self._in_flight: dict[str, dict[int, int]] = {}
+        # What the file holds, mirrored here so every write is a keyed statement with no read:
+        self._saved_messages: set[int] = set()  # message rows
+        self._new_messages: list[tuple[Any, ...]] = []  # rows to insert at the next commit
+        self._refs: dict[int, int] = {}  # message id -> deliveries that reference it
+        self._owed: dict[str, dict[int, int | None]] = {}  # client -> message id -> packet id
+        self._by_pid: dict[str, dict[int, int]] = {}  # client -> packet id -> message id
+        self._retained: dict[str, int] = {}  # topic -> message id
+        self._retained_ids: set[int] = set()
         self.commits = 0
         self.failed: BaseException | None = None
         self._db = self._open(synchronous)
@@ -229,15 +228,16 @@ class SqliteStore:
             sub_ids = tuple(int(x) for x in row[4].split(",") if x)
             group = (row[5], row[6]) if row[5] is not None else None
             delivery = Delivery(found, row[2], bool(row[3]), sub_ids, group)
-            if row[7] is not None:
-                self._in_flight.setdefault(row[0], {})[row[7]] = row[1]
+            self._owe(row[0], row[1], row[7])
             session.deliveries.append(StoredDelivery(delivery, row[7], bool(row[8])))
         for row in db.execute("SELECT client_id, packet_id FROM incoming_qos2"):
             session = by_id.get(row[0])
             if session is not None:
                 session.incoming_qos2.append(row[1])
-        for row in db.execute("SELECT message_id FROM retained"):
-            kept = messages.get(row[0])
+        for row in db.execute("SELECT topic, message_id FROM retained"):
+            self._retained[row[0]] = row[1]
+            self._retained_ids.add(row[1])
+            kept = messages.get(row[1])
             if kept is not None:
                 state.retained.append(kept)
         return state
@@ -268,12 +268,14 @@ class SqliteStore:
 
     def delete_session(self, client_id: str) -> None:
         """Remove a session, its subscriptions, deliveries and QoS 2 identifiers."""
-        self._in_flight.pop(client_id, None)
         ops = self._ops
         ops.append(("DELETE FROM sessions WHERE client_id = ?", (client_id,)))
         ops.append(("DELETE FROM subscriptions WHERE client_id = ?", (client_id,)))
-        ops.append((_DELETE_DELIVERIES, (client_id,)))
+        ops.append(("DELETE FROM deliveries WHERE client_id = ?", (client_id,)))
         ops.append(("DELETE FROM incoming_qos2 WHERE client_id = ?", (client_id,)))
+        self._by_pid.pop(client_id, None)
+        for message_id in self._owed.pop(client_id, {}):
+            self._release(message_id)
 
     def save_subscription(self, client_id: str, entry: SubEntry) -> None:
         """Create or replace one subscription."""
@@ -301,30 +303,56 @@ class SqliteStore:
         if msg.id in self._saved_messages:
             return
         self._saved_messages.add(msg.id)
-        self._ops.append(
+        self._new_messages.append(
             (
-                "INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    msg.id, msg.topic, msg.payload, msg.qos, int(msg.retain), msg.props,
-                    self._wall(msg.expiry_at), msg.origin, self._wall(msg.received_at),
-                    msg.payload_format_indicator,
-                ),
+                msg.id, msg.topic, msg.payload, msg.qos, int(msg.retain), msg.props,
+                self._wall(msg.expiry_at), msg.origin, self._wall(msg.received_at),
+                msg.payload_format_indicator,
             )
         )  # fmt: skip
 
+    def _owe(self, client_id: str, message_id: int, packet_id: int | None) -> None:
+        owed = self._owed.setdefault(client_id, {})
+        if message_id not in owed:
+            self._refs[message_id] = self._refs.get(message_id, 0) + 1
+        owed[message_id] = packet_id
+        if packet_id is not None:
+            self._by_pid.setdefault(client_id, {})[packet_id] = message_id
+
+    def _release(self, message_id: int) -> None:
+        """One reference fewer; the message row goes with its last (unless it is retained)."""
+        left = self._refs.get(message_id, 0) - 1
+        if left > 0:
+            self._refs[message_id] = left
+            return
+        self._refs.pop(message_id, None)
+        if message_id not in self._retained_ids:
+            self._saved_messages.discard(message_id)
+            self._ops.append(("DELETE FROM messages WHERE id = ?", (message_id,)))
+
     def save_retained(self, message: BrokerMessage) -> None:
         """Store, replace, or (empty payload) delete the topic's retained message."""
+        topic = message.topic
+        old = self._retained.pop(topic, None)
         if message.payload:
             self._save_message(message)
-        self._ops.append((_SET_RETAINED, (message.topic, message.id if message.payload else None)))
+            self._retained[topic] = message.id
+            self._retained_ids.add(message.id)
+            self._ops.append(("INSERT OR REPLACE INTO retained VALUES (?, ?)", (topic, message.id)))
+        else:
+            self._ops.append(("DELETE FROM retained WHERE topic = ?", (topic,)))
+        if old is not None and old != message.id:
+            self._retained_ids.discard(old)
+            if old not in self._refs:
+                self._saved_messages.discard(old)
+                self._ops.append(("DELETE FROM messages WHERE id = ?", (old,)))
 
     def add_delivery(self, client_id: str, delivery: Delivery, packet_id: int | None) -> None:
         """Record a delivery owed to ``client_id`` (queued, or sent with ``packet_id``)."""
         msg = delivery.message
         self._save_message(msg)
         self._seq += 1
-        if packet_id is not None:
-            self._in_flight.setdefault(client_id, {})[packet_id] = msg.id
+        self._owe(client_id, msg.id, packet_id)
         group = delivery.group
         self._ops.append(
             (
@@ -338,15 +366,21 @@ class SqliteStore:
             )
         )  # fmt: skip
 
-    def delivery_sent(self, client_id: str, message_id: int, packet_id: int) -> None:
-        """A queued delivery went out with ``packet_id``."""
-        self._in_flight.setdefault(client_id, {})[packet_id] = message_id
-        self._ops.append(
-            (
-                "UPDATE deliveries SET packet_id = ? WHERE client_id = ? AND message_id = ?",
-                (packet_id, client_id, message_id),
+    def delivery_sent(self, client_id: str, message_id: int, packet_id: int, qos: int) -> None:
+        """A queued delivery went out with ``packet_id``.
+
+        Written for QoS 2 only: after a restart a QoS 2 message must be resent with the packet
+        identifier the subscriber knows. A QoS 1 one is simply sent again as queued (at least
+        once), which saves a write per message.
+        """
+        self._owe(client_id, message_id, packet_id)
+        if qos == 2:
+            self._ops.append(
+                (
+                    "UPDATE deliveries SET packet_id = ? WHERE client_id = ? AND message_id = ?",
+                    (packet_id, client_id, message_id),
+                )
             )
-        )
 
     def delivery_released(self, client_id: str, packet_id: int) -> None:
         """PUBREC received: the delivery only waits for PUBCOMP."""
@@ -359,28 +393,30 @@ class SqliteStore:
 
     def delivery_done(self, client_id: str, packet_id: int) -> None:
         """PUBACK / PUBCOMP received."""
-        flights = self._in_flight.get(client_id)
+        flights = self._by_pid.get(client_id)
         message_id = flights.pop(packet_id, None) if flights is not None else None
         if message_id is None:
-            self._ops.append((_DELIVERY_DONE, (client_id, packet_id)))
+            return  # not a delivery of a persistent session
+        self._forget(client_id, message_id)
+
+    def _forget(self, client_id: str, message_id: int) -> None:
+        owed = self._owed.get(client_id)
+        if owed is None or message_id not in owed:
             return
+        packet_id = owed.pop(message_id)
+        if packet_id is not None:
+            self._by_pid.get(client_id, {}).pop(packet_id, None)
         self._ops.append(
             (
                 "DELETE FROM deliveries WHERE client_id = ? AND message_id = ?",
                 (client_id, message_id),
             )
         )
-        self._ops.append((_DROP_ORPHAN, (message_id,)))
+        self._release(message_id)
 
     def delivery_dropped(self, client_id: str, message_id: int) -> None:
         """A queued delivery was dropped."""
-        self._ops.append(
-            (
-                "DELETE FROM deliveries WHERE client_id = ? AND message_id = ?",
-                (client_id, message_id),
-            )
-        )
-        self._ops.append((_DROP_ORPHAN, (message_id,)))
+        self._forget(client_id, message_id)
 
     def incoming_qos2(self, client_id: str, packet_id: int, present: bool) -> None:
         """Record or forget an incoming QoS 2 packet identifier."""
@@ -396,7 +432,7 @@ class SqliteStore:
     @property
     def pending(self) -> bool:
         """True when writes wait for :meth:`commit`."""
-        return bool(self._ops)
+        return bool(self._ops or self._new_messages)
 
     def ticket(self) -> CommitTicket:
         """The ticket of every write made so far (done when they are committed)."""
@@ -410,13 +446,18 @@ class SqliteStore:
         retried with the next commit.
         """
         ops = self._ops
-        if not ops:
+        if not ops and not self._new_messages:
             return
         ticket = self._ticket
         self._ticket = CommitTicket()
         db = self._db
         try:
             db.execute("BEGIN")
+            if self._new_messages:  # new rows first: later statements may refer to them
+                db.executemany(
+                    "INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    self._new_messages,
+                )
             # consecutive runs of one statement go to executemany (one call into SQLite)
             run_sql: str | None = None
             run: list[tuple[Any, ...]] = []
@@ -427,11 +468,7 @@ class SqliteStore:
                 if run_sql is not None:
                     db.executemany(run_sql, run)
                     run_sql = None
-                special = _SPECIAL.get(sql)
-                if special is None:
-                    run_sql, run = sql, [params]
-                else:
-                    special(db, params)
+                run_sql, run = sql, [params]
             if run_sql is not None:
                 db.executemany(run_sql, run)
             db.execute("COMMIT")
@@ -449,6 +486,7 @@ class SqliteStore:
             log.info("Storage writes succeed again.")
             self.failed = None
         self._ops = []
+        self._new_messages = []
         self.commits += 1
         ticket.complete()
 
@@ -493,49 +531,6 @@ _CLEAN_ORPHANS: Final = (
     "(SELECT 1 FROM deliveries WHERE message_id = messages.id) AND NOT EXISTS "
     "(SELECT 1 FROM retained WHERE message_id = messages.id)"
 )
-
-# Writes that need a read first (to delete a message with its last reference) are named by a
-# token and carried out by a function inside the commit's transaction.
-_DELIVERY_DONE: Final = "!delivery_done"
-_DELETE_DELIVERIES: Final = "!delete_deliveries"
-_SET_RETAINED: Final = "!set_retained"
-
-
-def _delivery_done(db: sqlite3.Connection, params: tuple[Any, ...]) -> None:
-    row = db.execute(
-        "SELECT message_id FROM deliveries WHERE client_id = ? AND packet_id = ?", params
-    ).fetchone()
-    if row is None:
-        return
-    db.execute("DELETE FROM deliveries WHERE client_id = ? AND packet_id = ?", params)
-    db.execute(_DROP_ORPHAN, (row[0],))
-
-
-def _delete_deliveries(db: sqlite3.Connection, params: tuple[Any, ...]) -> None:
-    ids = [
-        r[0] for r in db.execute("SELECT message_id FROM deliveries WHERE client_id = ?", params)
-    ]
-    db.execute("DELETE FROM deliveries WHERE client_id = ?", params)
-    for mid in ids:
-        db.execute(_DROP_ORPHAN, (mid,))
-
-
-def _set_retained(db: sqlite3.Connection, params: tuple[Any, ...]) -> None:
-    topic, message_id = params
-    row = db.execute("SELECT message_id FROM retained WHERE topic = ?", (topic,)).fetchone()
-    if message_id is None:
-        db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
-    else:
-        db.execute("INSERT OR REPLACE INTO retained VALUES (?, ?)", (topic, message_id))
-    if row is not None and row[0] != message_id:
-        db.execute(_DROP_ORPHAN, (row[0],))
-
-
-_SPECIAL: Final = {
-    _DELIVERY_DONE: _delivery_done,
-    _DELETE_DELIVERIES: _delete_deliveries,
-    _SET_RETAINED: _set_retained,
-}
 
 
 def migrate(db: sqlite3.Connection, version: int) -> None:
