@@ -86,6 +86,7 @@ class TestLoad:
             acl_file = "/etc/a"
             storage = "memory"
             data_dir = "/var/lib/mqttv5"
+            storage_sync = "full"
             log_level = "warning"
             log_format = "json"
             log_file = "/var/log/mqttv5.log"
@@ -127,7 +128,7 @@ class TestLoad:
         config = load_config(write(text))
         expected = BrokerConfig(
             allow_anonymous=False, password_file="/etc/p", acl_file="/etc/a", storage="memory",
-            data_dir="/var/lib/mqttv5", log_level="warning", log_format="json",
+            data_dir="/var/lib/mqttv5", storage_sync="full", log_level="warning", log_format="json",
             log_file="/var/log/mqttv5.log", max_packet_size=2048, receive_maximum=100,
             topic_alias_maximum=0, max_keepalive=600, max_topic_levels=16, max_subscriptions=50,
             max_client_id_length=64, connect_timeout=2.5, maximum_qos=1, retain_available=False,

@@ -428,3 +428,43 @@ class TestSchemaVersions:
         assert queued.delivery.message.properties.content_type == "text/plain"
         assert session.incoming_qos2 == [77]
         assert [r.topic for r in state.retained] == ["status/broker"]
+
+
+class TestStorageFailure:
+    def test_failing_disk_refuses_qos1_keeps_qos0_and_recovers(self, tmp_path: Path) -> None:
+        async def main() -> None:
+            async with started_broker(**_sqlite(tmp_path)) as b:
+                sub = await RawClient.connect(b.ports[0], "keeper", properties=KEEP)
+                await sub.subscribe("disk/#", qos=1)
+                await sub.disconnect()
+                live = await RawClient.connect(b.ports[0], "live")
+                await live.subscribe("disk/#")
+                pub = await RawClient.connect(b.ports[0], "pub")
+                # another process takes the database: every commit now fails (as on a full disk)
+                lock = sqlite3.connect(tmp_path / "data" / "mqttv5.db", timeout=0)
+                lock.execute("BEGIN EXCLUSIVE")
+                ack = await pub.publish("disk/a", b"kept?", qos=1)
+                assert isinstance(ack, PubAck)
+                assert ack.reason_code == 0x97  # Quota exceeded: not stored, so not promised
+                assert (await live.expect(Publish)).payload == b"kept?"
+                await pub.publish("disk/b", b"qos0 still flows")
+                assert (await live.expect(Publish)).payload == b"qos0 still flows"
+                lock.execute("ROLLBACK")
+                lock.close()
+                ack = await pub.publish("disk/c", b"stored", qos=1, packet_id=2)
+                assert isinstance(ack, PubAck)
+                assert ack.reason_code == 0
+                sub = await RawClient.connect(
+                    b.ports[0], "keeper", clean_start=False, properties=KEEP
+                )
+                got = []
+                while True:
+                    try:
+                        p = await sub.expect(Publish, wait=0.5)
+                    except TimeoutError:
+                        break
+                    got.append(p.payload)
+                    sub.send(PubAck(p.packet_id))
+                assert b"stored" in got
+
+        run(main())

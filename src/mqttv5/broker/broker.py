@@ -130,7 +130,7 @@ class MqttBroker:
         if self.config.storage == "memory":
             return MemoryStore()
         try:
-            return SqliteStore(self.config.data_dir)
+            return SqliteStore(self.config.data_dir, self.config.storage_sync.upper())
         except (StorageError, OSError) as exc:
             raise ConfigError("data_dir", str(exc)) from exc
 

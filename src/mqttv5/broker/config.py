@@ -805,6 +805,13 @@ class BrokerConfig:
         'Directory for durable storage (`storage = "sqlite"`); created if missing. A relative '
         "path is relative to the working directory. As Mosquitto's `persistence_location`.",
     )
+    storage_sync: str = _key(
+        "normal",
+        "How hard a `sqlite` commit pushes to disk: `normal` (SQLite WAL `synchronous=NORMAL`: an "
+        "acknowledged message survives a crash of the broker process) or `full` (`FULL`: it "
+        "also survives a power loss, at the cost of an fsync per commit).",
+        choices=("normal", "full"),
+    )
     log_level: str = _key(
         "info",
         "Least severe messages logged: `debug`, `info`, `warning` or `error`.",

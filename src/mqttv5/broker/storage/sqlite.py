@@ -147,7 +147,10 @@ class SqliteStore:
     def _open(self, synchronous: str) -> sqlite3.Connection:
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # fail fast rather than stall the event loop if another process holds the file
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0.05
+            )
             app_id = db.execute("PRAGMA application_id").fetchone()[0]
             if existed and app_id != APPLICATION_ID:
                 db.close()
