@@ -293,3 +293,20 @@ class TestMetricsConfig:
         with pytest.raises(ConfigError) as info:
             config_from_args(argparse.Namespace(metrics_port=70000))
         assert (info.value.key, info.value.source) == ("metrics.port", "--metrics-port")
+
+
+def test_storage_commits_and_their_latency_are_exposed() -> None:
+    async def main() -> None:
+        async with (
+            metrics_broker(storage="sqlite", data_dir="data") as broker,
+            MqttClient("pub", url=f"mqtt://127.0.0.1:{broker.ports[0]}") as pub,
+        ):
+            for i in range(5):
+                await pub.publish(f"kept/{i}", b"state", 1, retain=True)
+            samples = await scrape(broker)
+            assert value(samples, "mqttv5_storage_commits_total") >= 1
+            assert value(samples, "mqttv5_storage_commit_seconds_total") > 0
+            assert value(samples, "mqttv5_storage_commit_seconds_max") > 0
+            assert value(samples, "mqttv5_storage_failing") == 0
+
+    run(main())

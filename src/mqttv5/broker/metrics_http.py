@@ -272,6 +272,16 @@ def _storage_metrics(out: _Exposition, broker: MqttBroker) -> None:
     commits = getattr(store, "commits", None)
     if isinstance(commits, int):
         out.counter("mqttv5_storage_commits_total", "Transactions written to storage.", commits)
+        out.counter(
+            "mqttv5_storage_commit_seconds_total",
+            "Time spent committing (divide by commits for the mean commit latency).",
+            float(getattr(store, "commit_seconds", 0.0)),
+        )
+        out.gauge(
+            "mqttv5_storage_commit_seconds_max",
+            "The longest commit since the broker started.",
+            float(getattr(store, "commit_seconds_max", 0.0)),
+        )
         failing = getattr(store, "failed", None) is not None
         out.gauge(
             "mqttv5_storage_failing", "1 while storage writes fail (disk full ...).", int(failing)

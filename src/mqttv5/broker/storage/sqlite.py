@@ -138,6 +138,8 @@ class SqliteStore:
         self._retained: dict[str, int] = {}  # topic -> message id
         self._retained_ids: set[int] = set()
         self.commits = 0
+        self.commit_seconds = 0.0  # time spent in successful commits (the /metrics latency)
+        self.commit_seconds_max = 0.0
         self.failed: BaseException | None = None
         self._db = self._open(synchronous)
 
@@ -454,6 +456,7 @@ class SqliteStore:
         ticket = self._ticket
         self._ticket = CommitTicket()
         db = self._db
+        started = time.perf_counter()
         try:
             db.execute("BEGIN")
             if self._new_messages:  # new rows first: later statements may refer to them
@@ -491,6 +494,9 @@ class SqliteStore:
         self._ops = []
         self._new_messages = []
         self.commits += 1
+        took = time.perf_counter() - started
+        self.commit_seconds += took
+        self.commit_seconds_max = max(self.commit_seconds_max, took)
         ticket.complete()
 
     def close(self) -> None:
