@@ -383,10 +383,11 @@ class ListenerSettings:
     trusted_proxies: list[str] = field(
         default_factory=list,
         metadata=_spec(
-            "`ws`, `wss`: addresses or networks (`10.0.0.0/8`) of reverse proxies whose "
-            "`X-Forwarded-For` header is believed: a connection from one of them is attributed "
-            "to the address the header gives (for logs, lockouts and authentication). Empty: "
-            "the header is ignored.",
+            "`tcp`, `ws`, `wss`: addresses or networks (`10.0.0.0/8`) of proxies whose word "
+            "on the client's address is believed: a PROXY protocol v2 header (`tcp`) or an "
+            "`X-Forwarded-For` header (`ws`, `wss`). A connection from one of them is attributed "
+            "to the address given (for logs, lockouts and authentication). Empty: no header is "
+            "believed.",
             check=_networks,
         ),
     )
@@ -1433,7 +1434,7 @@ _TLS_KEYS: Final = (
     "use_subject_as_username", "tls_version", "ciphers", "crlfile", "alpn",
 )  # fmt: skip
 _WS_KEYS: Final = (
-    "ws_path", "ws_subprotocols", "allowed_origins", "trusted_proxies", "ws_compression",
+    "ws_path", "ws_subprotocols", "allowed_origins", "ws_compression",
 )  # fmt: skip
 _FILE_KEYS: Final = ("certfile", "keyfile", "cafile", "crlfile")
 
@@ -1460,6 +1461,9 @@ def _check_transport_keys(listener: ListenerSettings, prefix: str, source: str |
             if getattr(listener, key) != getattr(default, key):
                 message = f"applies to {what} listeners only (this one is {kind!r})"
                 raise ConfigError(prefix + key, message, source)
+    if listener.trusted_proxies and kind not in ("tcp", *WS_LISTENER_TYPES):
+        message = f"applies to tcp, ws and wss listeners only (this one is {kind!r})"
+        raise ConfigError(prefix + "trusted_proxies", message, source)
     if kind not in TLS_LISTENER_TYPES:
         return
     for key in ("certfile", "keyfile"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -81,6 +82,7 @@ class ClientHandler(asyncio.Protocol):
         self.mount = listener.settings.mount_point
         self._held: list[Event] | None = None
         self._connect: Connect | None = None
+        self._proxy_header: bytes | None = None  # b"" while a PROXY v2 header may come
 
     # ------------------------------------------------------------------------------------------
     # asyncio.Protocol
@@ -96,6 +98,13 @@ class ClientHandler(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (str(peer[0]), int(peer[1]))
+        settings = self.listener.settings
+        if (
+            settings.type == "tcp"
+            and settings.trusted_proxies
+            and _trusted(self.peer[0], settings.trusted_proxies)
+        ):
+            self._proxy_header = b""  # the first bytes may be a PROXY protocol v2 header
         high = self.broker.config.outbound_high_water
         transport.set_write_buffer_limits(high=high, low=high // 4)
         self.broker.handler_opened(self)
@@ -106,6 +115,10 @@ class ClientHandler(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Decode and handle every complete packet in ``data``."""
+        if self._proxy_header is not None:
+            data = self._proxy_received(data)
+            if not data:
+                return
         broker = self.broker
         broker.counters.bytes_received += len(data)
         conn = self.conn
@@ -153,6 +166,27 @@ class ClientHandler(asyncio.Protocol):
         if self.transport is not None and self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
+
+    def _proxy_received(self, data: bytes) -> bytes:
+        """Read a PROXY protocol v2 header from a trusted proxy; return the bytes after it."""
+        buf = self._proxy_header + data if self._proxy_header else data
+        if not _PROXY_V2_SIGNATURE.startswith(buf[:12]):
+            self._proxy_header = None  # no header: the proxy passes the client's bytes as is
+            return buf
+        if len(buf) < 16 or len(buf) < 16 + int.from_bytes(buf[14:16], "big"):
+            if len(buf) > 16 + 216:  # the largest header we accept (TCP over IPv6 + TLVs)
+                log.info("Bad PROXY header from %s:%d.", *self.peer)
+                self.abort()
+                return b""
+            self._proxy_header = buf
+            return b""
+        self._proxy_header = None
+        length = int.from_bytes(buf[14:16], "big")
+        peer = parse_proxy_v2_untrusted(buf[12], buf[13], buf[16 : 16 + length])
+        if peer is not None:
+            log.debug("PROXY header from %s:%d: client is %s:%d.", *self.peer, *peer)
+            self.peer = peer
+        return buf[16 + length :]
 
     def eof_received(self) -> bool | None:
         """The peer half-closed: treat as a close."""
@@ -621,6 +655,32 @@ class ClientHandler(asyncio.Protocol):
                 event.error.message,
             )
         self.broker.connection_finished(self, event)
+
+
+_PROXY_V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def _trusted(address: str, networks: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def parse_proxy_v2_untrusted(ver_cmd: int, family: int, body: bytes) -> tuple[str, int] | None:
+    """The client's address from a PROXY protocol v2 header (after its 16 fixed bytes).
+
+    Returns None for a LOCAL command or an address family we do not map (the connection is
+    then the proxy's own). Raises nothing: a malformed header yields None.
+    """
+    if ver_cmd != 0x21:  # version 2, PROXY (0x20 is LOCAL: health checks from the proxy)
+        return None
+    if family == 0x11 and len(body) >= 12:  # TCP over IPv4
+        return str(ipaddress.IPv4Address(body[0:4])), int.from_bytes(body[8:10], "big")
+    if family == 0x21 and len(body) >= 36:  # TCP over IPv6
+        return str(ipaddress.IPv6Address(body[0:16])), int.from_bytes(body[32:34], "big")
+    return None
 
 
 def _ignore(_handler: ClientHandler, _packet: object) -> None:
