@@ -165,6 +165,7 @@ OPTIONS = [
     "-c", "--config", "--bind", "-p", "--port", "--storage", "--data-dir", "--allow-anonymous",
     "--log-level", "--log-format", "--log-file", "--max-packet-size", "--sys-interval",
     "--password-file", "--acl-file", "-v", "--verbose", "--print-config-reference", "--help",
+    "--scram-file",
     "--metrics-port", "--tls-port", "--ws-port", "--wss-port", "--certfile", "--keyfile",
     "--cafile", "--require-certificate",
 ]  # fmt: skip

@@ -434,3 +434,15 @@ class TestPasswd:
         assert passwd_main([str(path) if a == "FILE" else a for a in args]) == 1
         assert message in capsys.readouterr().err
         assert not path.exists()
+
+
+def test_scram_file_flag_applies_to_every_listener(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mqttv5.broker.config import config_from_args
+    from mqttv5.cli.broker import build_parser
+
+    scram = tmp_path / "scram"
+    scram.write_text("")
+    args = build_parser().parse_args(["--scram-file", str(scram), "--port", "0"])
+    config = config_from_args(args)
+    assert config.scram_file == str(scram)
+    assert all(config.effective_scram_file(x) == str(scram) for x in config.effective_listeners())

@@ -1781,10 +1781,13 @@ _FLAG_KEYS: Final[Mapping[str, tuple[str, str]]] = {
     "max_packet_size": ("max_packet_size", "--max-packet-size"),
     "sys_interval": ("sys_interval", "--sys-interval"),
     "password_file": ("password_file", "--password-file"),
+    "scram_file": ("scram_file", "--scram-file"),
     "acl_file": ("acl_file", "--acl-file"),
 }
 # Flags that set a key listeners can override: the flag wins on every listener too.
-_LISTENER_INHERITED: Final = ("allow_anonymous", "password_file", "acl_file", "max_packet_size")
+_LISTENER_INHERITED: Final = (
+    "allow_anonymous", "password_file", "scram_file", "acl_file", "max_packet_size",
+)  # fmt: skip
 
 
 # Flags that add a TLS or WebSocket listener, and the flags that configure its TLS.

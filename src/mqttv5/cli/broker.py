@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         "listeners without a password file)",
     )
     add("--password-file", metavar="FILE", help="password file (Mosquitto format), all listeners")
+    add(
+        "--scram-file",
+        metavar="FILE",
+        help="SCRAM-SHA-256 credentials (mqttv5 passwd --hash scram-sha-256), all listeners",
+    )
     add("--acl-file", metavar="FILE", help="access control file, all listeners")
     add(
         "--log-level",
