@@ -12,6 +12,7 @@ Receive Maximum):
 - retained: retained QoS 1 publishes to distinct topics, per second.
 
     .venv/bin/python benchmarks/storage.py [--count N] [--rounds R]
+    MQTTV5_BENCH_SYNC=full .venv/bin/python benchmarks/storage.py    # storage_sync = "full"
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from mqttv5.protocol.properties import Properties
 
 KEEP = Properties(session_expiry_interval=3600)
 WINDOW = 20
+SYNC = os.environ.get("MQTTV5_BENCH_SYNC", "normal")  # normal | full: the sqlite runs' storage_sync
 
 
 def free_port() -> int:
@@ -134,6 +136,7 @@ def run_broker(storage: str, data_dir: str, count: int) -> dict[str, float]:
     config = os.path.join(os.path.dirname(data_dir), "broker.toml")
     with open(config, "w") as f:
         f.write(f"max_queued_messages = {count * 2}\n")  # the offline phase queues them all
+        f.write(f'storage_sync = "{SYNC}"\n')
     proc = subprocess.Popen(
         [sys.executable, "-m", "mqttv5", "broker", "-c", config, "--port", str(port),
          "--bind", "127.0.0.1",
