@@ -26,7 +26,7 @@ class _StreamProtocol(asyncio.Protocol):
 
     def __init__(self, read_limit: int) -> None:
         self.transport: asyncio.Transport | None = None
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes | bytearray | memoryview] = []
         self.buffered = 0
         self.read_limit = read_limit
         self.eof = False
@@ -103,7 +103,8 @@ class TcpStream:
             proto.reader = fut
             await fut
         chunks = proto.chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        first = chunks[0]
+        data = first if len(chunks) == 1 and type(first) is bytes else b"".join(chunks)
         proto.chunks = []
         proto.buffered = 0
         if proto.reading_paused:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Sequence
-from typing import Final, cast
+from typing import Final
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
@@ -27,6 +27,7 @@ from websockets.uri import parse_uri
 
 from ..protocol.errors import ConnectionClosed
 from .base import PeerInfo, TlsError, WebSocketError, map_connect_errors
+from .tcp import TcpStream, _StreamProtocol
 from .tls import TlsConfig, describe_ssl_error, set_nodelay
 
 __all__ = ["DEFAULT_PATH", "SUBPROTOCOLS", "WebSocketStream", "open_websocket"]
@@ -39,28 +40,17 @@ _READ_LIMIT: Final = 1 << 20
 _HIGH_WATER: Final = 1 << 20
 
 
-class _ClientProtocol(asyncio.Protocol):
-    """Feeds received bytes to the WebSocket parser; keeps binary payloads for ``read``."""
+class _ClientProtocol(_StreamProtocol):
+    """Feeds received bytes to the WebSocket parser; keeps binary payloads for ``read``
+    (buffering, wake-ups and write flow control as the TCP stream's protocol)."""
 
     def __init__(self, ws: ClientProtocol, read_limit: int) -> None:
+        super().__init__(read_limit)
         self.ws = ws
-        self.read_limit = read_limit
-        self.transport: asyncio.Transport | None = None
-        self.chunks: list[bytes | bytearray | memoryview] = []
-        self.buffered = 0
-        self.reading_paused = False
-        self.eof = False
-        self.error: BaseException | None = None
         self.failure: WebSocketError | None = None
         # the server's answer to the upgrade; None when it was not HTTP (handshake_exc says)
         self.response: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
-        self.reader: asyncio.Future[None] | None = None
-        self.paused = False
-        self.drain_waiters: list[asyncio.Future[None]] = []
         self.address = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
@@ -108,37 +98,13 @@ class _ClientProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        if exc is not None:
-            self.error = exc
         if not self.response.done():
             self.response.set_exception(exc or EOFError("connection closed"))
             self.response.exception()  # retrieved here: open_websocket may be gone already
-        self._wake()
-        waiters, self.drain_waiters = self.drain_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        waiters, self.drain_waiters = self.drain_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    def _wake(self) -> None:
-        fut = self.reader
-        if fut is not None:
-            self.reader = None
-            if not fut.done():
-                fut.set_result(None)
+        super().connection_lost(exc)
 
 
-class WebSocketStream:
+class WebSocketStream(TcpStream):
     """An upgraded WebSocket connection as a :class:`~mqttv5.transport.base.Stream`.
 
     Attributes:
@@ -146,39 +112,20 @@ class WebSocketStream:
         failure: set when the server broke MQTT's WebSocket rules (a text frame).
     """
 
+    _protocol: _ClientProtocol
+
     def __init__(self, transport: asyncio.Transport, protocol: _ClientProtocol, name: str) -> None:
-        self._transport = transport
-        self._protocol = protocol
+        super().__init__(transport, protocol)
         self._ws = protocol.ws
-        peer = transport.get_extra_info("peername") or ("", 0)
+        peer = self.peer
         cert = transport.get_extra_info("peercert")
-        self.peer = PeerInfo(str(peer[0]), int(peer[1]), cert or None, name)
+        self.peer = PeerInfo(peer.address, peer.port, cert or None, name)
         self.subprotocol: str | None = self._ws.subprotocol
-        self._closed = False
 
     @property
     def failure(self) -> WebSocketError | None:
         """Why the connection broke, when the transport knows better than "closed"."""
         return self._protocol.failure
-
-    async def read(self) -> bytes:
-        """The payload of the binary frames received since the last call (``b""`` at end)."""
-        proto = self._protocol
-        while not proto.chunks:
-            if proto.error is not None:
-                raise ConnectionClosed(reason_string=str(proto.error)) from proto.error
-            if proto.eof or self._closed:
-                return b""
-            fut = asyncio.get_running_loop().create_future()
-            proto.reader = fut
-            await fut
-        data = b"".join(proto.chunks)
-        proto.chunks = []
-        proto.buffered = 0
-        if proto.reading_paused:
-            proto.reading_paused = False
-            self._transport.resume_reading()
-        return data
 
     def write(self, data: bytes) -> None:
         """Send ``data`` as one binary frame."""
@@ -190,21 +137,6 @@ class WebSocketStream:
     def writelines(self, data: list[bytes]) -> None:
         """Send the pieces as one binary frame."""
         self.write(b"".join(data) if len(data) > 1 else data[0])
-
-    def write_buffer_size(self) -> int:
-        """Bytes waiting in the transport's write buffer."""
-        return self._transport.get_write_buffer_size()
-
-    async def drain(self) -> None:
-        """Wait while the write buffer is above its high-water mark."""
-        proto = self._protocol
-        if proto.error is not None:
-            raise ConnectionClosed(reason_string=str(proto.error)) from proto.error
-        if not proto.paused or self._transport.is_closing():
-            return
-        fut = asyncio.get_running_loop().create_future()
-        proto.drain_waiters.append(fut)
-        await fut
 
     async def close(self) -> None:
         """Send a close frame and close the connection (waits a little for the server)."""
@@ -224,12 +156,6 @@ class WebSocketStream:
             await asyncio.sleep(0.005)
         transport.close()
         await asyncio.sleep(0)
-
-    def abort(self) -> None:
-        """Close at once, discarding buffered data."""
-        self._closed = True
-        self._protocol._wake()
-        self._transport.abort()
 
 
 async def open_websocket(
