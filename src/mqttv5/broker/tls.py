@@ -313,7 +313,36 @@ class LayeredTransport(asyncio.Transport):
 # --- TLS ------------------------------------------------------------------------------------------
 
 
-class TlsAdapter(asyncio.Protocol):
+class WrappingProtocol(asyncio.Protocol):
+    """What the TLS and WebSocket adapters share: an inner protocol (the MQTT handler) behind
+    a layer, created once the layer's handshake is done, and the listener's handshake tracker.
+    """
+
+    inner: asyncio.Protocol | None
+    pending: PendingHandshakes
+    closing: bool
+
+    def _finish(self, exc: Exception | None) -> None:
+        """End the connection: finish the inner protocol (its Will and session follow MQTT's
+        rules) and stop tracking the handshake."""
+        self.closing = True
+        self.pending.discard(self)  # type: ignore[arg-type]
+        inner, self.inner = self.inner, None
+        if inner is not None:
+            inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The socket's buffer is full: tell the inner protocol (it drops QoS 0, queues QoS 1/2)."""
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        """The socket's buffer drained."""
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
+class TlsAdapter(WrappingProtocol):
     """One connection of a TLS listener: the TLS layer between the socket and the inner protocol.
 
     Our own layer over :class:`ssl.MemoryBIO` rather than asyncio's (``create_server(ssl=...)``
@@ -392,21 +421,7 @@ class TlsAdapter(asyncio.Protocol):
         if self.inner is None and self._received and not self.closing:
             cause = describe_ssl_error(exc, "client") if exc else "connection closed"
             log.info("TLS handshake with %s on %s failed: %s.", self.peer, self.label, cause)
-        self.closing = True
-        self.pending.discard(self)
-        inner, self.inner = self.inner, None
-        if inner is not None:
-            inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        """The socket's buffer is full: tell the inner protocol."""
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        """The socket's buffer drained."""
-        if self.inner is not None:
-            self.inner.resume_writing()
+        self._finish(exc)
 
     # --- the handshake ----------------------------------------------------------------------------
 

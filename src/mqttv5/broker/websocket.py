@@ -37,7 +37,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
 
 from .config import ListenerSettings
-from .tls import LayeredTransport, PendingHandshakes
+from .tls import LayeredTransport, PendingHandshakes, WrappingProtocol
 
 __all__ = ["WebSocketAdapter", "WebSocketOptions", "forwarded_for"]
 
@@ -154,7 +154,7 @@ def _in(host: str, proxies: Sequence[Network]) -> bool:
     return any(address in net for net in proxies)
 
 
-class WebSocketAdapter(asyncio.Protocol):
+class WebSocketAdapter(WrappingProtocol):
     """One WebSocket connection of the broker.
 
     The inner protocol sees a :class:`~mqttv5.broker.tls.LayeredTransport` whose
@@ -259,21 +259,7 @@ class WebSocketAdapter(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Finish the inner handler (its Will and session follow MQTT's rules)."""
-        self.closing = True
-        self.pending.discard(self)
-        inner, self.inner = self.inner, None
-        if inner is not None:
-            inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        """The socket's buffer is full: tell the handler (it drops QoS 0, queues QoS 1/2)."""
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        """The socket's buffer drained."""
-        if self.inner is not None:
-            self.inner.resume_writing()
+        self._finish(exc)
 
     # --- the upgrade ------------------------------------------------------------------------------
 
