@@ -308,12 +308,7 @@ class Connection:
         self.version = packet.protocol_level
         self.keep_alive = packet.keep_alive
         props = packet.properties
-        if props.receive_maximum is not None:
-            self.peer_receive_maximum = props.receive_maximum
-        if props.maximum_packet_size is not None:
-            self.peer_maximum_packet_size = props.maximum_packet_size
-        if props.topic_alias_maximum is not None:
-            self.peer_topic_alias_maximum = props.topic_alias_maximum
+        self._adopt_limits(props, peer=True)
         self.session_expiry_interval = props.session_expiry_interval or 0
         self._events.append(packet)
 
@@ -328,16 +323,7 @@ class Connection:
             # [MQTT-3.2.2-4] we asked for a new session: a server claiming one is broken
             raise RemoteProtocolError(_RC.PROTOCOL_ERROR, "session present after clean start")
         props = packet.properties
-        if props.receive_maximum is not None:
-            self.peer_receive_maximum = props.receive_maximum
-        if props.maximum_packet_size is not None:
-            self.peer_maximum_packet_size = props.maximum_packet_size
-        if props.topic_alias_maximum is not None:
-            self.peer_topic_alias_maximum = props.topic_alias_maximum
-        if props.maximum_qos is not None:
-            self.peer_maximum_qos = props.maximum_qos
-        if props.retain_available is not None:
-            self.peer_retain_available = bool(props.retain_available)
+        self._adopt_limits(props, peer=True)
         if props.server_keep_alive is not None:
             # [MQTT-3.2.2-21] the client uses the server's keep-alive
             self.keep_alive = props.server_keep_alive
@@ -345,6 +331,37 @@ class Connection:
             self.session_expiry_interval = props.session_expiry_interval
         self.state = CONNECTED
         self._events.append(packet)
+
+    def _adopt_limits(self, props: Properties, peer: bool) -> None:
+        """Take the limits a CONNECT or CONNACK announces: the peer's when we receive it,
+        our own when we send it (absent properties keep their defaults)."""
+        receive_maximum = props.receive_maximum
+        packet_size = props.maximum_packet_size
+        alias_maximum = props.topic_alias_maximum
+        maximum_qos = props.maximum_qos
+        retain = props.retain_available
+        if peer:
+            if receive_maximum is not None:
+                self.peer_receive_maximum = receive_maximum
+            if packet_size is not None:
+                self.peer_maximum_packet_size = packet_size
+            if alias_maximum is not None:
+                self.peer_topic_alias_maximum = alias_maximum
+            if maximum_qos is not None:
+                self.peer_maximum_qos = maximum_qos
+            if retain is not None:
+                self.peer_retain_available = bool(retain)
+            return
+        if receive_maximum is not None:
+            self.receive_maximum = receive_maximum
+        if packet_size is not None:
+            self._decoder.max_packet_size = packet_size
+        if alias_maximum is not None:
+            self.topic_alias_maximum = alias_maximum
+        if maximum_qos is not None:
+            self.maximum_qos = maximum_qos
+        if retain is not None:
+            self.retain_available = bool(retain)
 
     def _require_connected(self, what: str) -> None:
         if self.state is not CONNECTED and not (self.role is SERVER and self._connect_seen):
@@ -596,12 +613,7 @@ class Connection:
         self._sent_clean_start = packet.clean_start
         self._request_problem_information = packet.properties.request_problem_information != 0
         props = packet.properties
-        if props.receive_maximum is not None:
-            self.receive_maximum = props.receive_maximum
-        if props.topic_alias_maximum is not None:
-            self.topic_alias_maximum = props.topic_alias_maximum
-        if props.maximum_packet_size is not None:
-            self._decoder.max_packet_size = props.maximum_packet_size
+        self._adopt_limits(props, peer=False)
         self.session_expiry_interval = props.session_expiry_interval or 0
 
     def _prepare_connack(self, packet: Connack) -> None:
@@ -610,16 +622,7 @@ class Connection:
         if self.state is not CONNECTING:
             raise InvalidState("CONNACK already sent")
         props = packet.properties
-        if props.receive_maximum is not None:
-            self.receive_maximum = props.receive_maximum
-        if props.topic_alias_maximum is not None:
-            self.topic_alias_maximum = props.topic_alias_maximum
-        if props.maximum_packet_size is not None:
-            self._decoder.max_packet_size = props.maximum_packet_size
-        if props.maximum_qos is not None:
-            self.maximum_qos = props.maximum_qos
-        if props.retain_available is not None:
-            self.retain_available = bool(props.retain_available)
+        self._adopt_limits(props, peer=False)
         if props.server_keep_alive is not None:
             self.keep_alive = props.server_keep_alive
         if props.session_expiry_interval is not None:
