@@ -7,7 +7,15 @@ import random
 
 import pytest
 
-from mqttv5.protocol.packets import Connack, Disconnect, PubAck, Publish, Subscribe, Subscription
+from mqttv5.protocol.packets import (
+    Connack,
+    Connect,
+    Disconnect,
+    PubAck,
+    Publish,
+    Subscribe,
+    Subscription,
+)
 from mqttv5.protocol.properties import Properties
 from mqttv5.protocol.reason_codes import ReasonCode
 from tests.broker.conftest import run, started_broker
@@ -152,9 +160,7 @@ def test_slow_consumer_is_bounded_and_others_unaffected() -> None:
         async with started_broker(outbound_high_water=64 * 1024) as b:
             # A subscriber that never reads: its socket buffers fill, then QoS 0 is dropped.
             stalled = await RawClient.open(b.ports[0], rcvbuf=4096)
-            stalled.send(
-                __import__("mqttv5.protocol.packets", fromlist=["Connect"]).Connect("stalled")
-            )
+            stalled.send(Connect("stalled"))
             stalled.send(Subscribe(1, [Subscription("load/#")]))
             await asyncio.sleep(0.1)
             fast = await RawClient.connect(b.ports[0], "fast")

@@ -21,6 +21,7 @@ from mqttv5.protocol.connection import SERVER, Closed, Connection, Event
 from mqttv5.protocol.errors import ProtocolError
 from mqttv5.protocol.packets import (
     Auth,
+    Connack,
     Connect,
     Disconnect,
     Pingreq,
@@ -420,8 +421,6 @@ class ClientHandler(asyncio.Protocol):
 
     def refuse(self, code: ReasonCode, reason: str | None = None) -> None:
         """Answer CONNECT with a refusing CONNACK and close."""
-        from mqttv5.protocol.packets import Connack
-
         props = Properties(reason_string=reason) if reason and self.version == 5 else Properties()
         self.refused = True
         self.conn.send(Connack(code, False, props))

@@ -137,12 +137,6 @@ class BrokerMessage:
         """True once the Message Expiry Interval has passed [MQTT-3.3.2-5]."""
         return self.expiry_at is not None and now >= self.expiry_at
 
-    def remaining_expiry(self, now: float) -> int | None:
-        """The Message Expiry Interval to send: the original less the time waited [MQTT-3.3.2-6]."""
-        if self.expiry_at is None:
-            return None
-        return max(0, math.ceil(self.expiry_at - now))
-
     def _props_block(
         self, sub_ids: tuple[int, ...], expiry: int | None, alias: int | None
     ) -> bytes:

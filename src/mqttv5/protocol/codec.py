@@ -17,7 +17,6 @@ __all__ = [
     "VARINTS",
     "decode_binary",
     "decode_string",
-    "decode_string_untrusted",
     "decode_u16",
     "decode_u32",
     "decode_varint",
@@ -164,9 +163,6 @@ def decode_string(buf: Buffer, pos: int, field: str = "string") -> tuple[str, in
         return raw.decode("utf-8"), end
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError(_MALFORMED, f"{field}: invalid UTF-8 ({exc.reason})") from None
-
-
-decode_string_untrusted = decode_string
 
 
 def encode_binary(value: bytes) -> bytes:

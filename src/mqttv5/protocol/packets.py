@@ -1192,10 +1192,6 @@ def _header_varint(view: Buffer, pos: int) -> tuple[int, int]:
     raise RemoteProtocolError(_MALFORMED, "remaining length longer than 4 bytes")
 
 
-def _encode_any(packet: Packet, version: int = _V5) -> bytes:
-    return packet.encode(version)
-
-
 def encode_packets(packets: Sequence[Packet], version: int = _V5) -> bytes:
     """Encode several packets into one byte string."""
     return b"".join(p.encode(version) for p in packets)
