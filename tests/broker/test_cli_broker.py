@@ -166,7 +166,8 @@ OPTIONS = [
     "--log-level", "--log-format", "--log-file", "--max-packet-size", "--sys-interval",
     "--password-file", "--acl-file", "-v", "--verbose", "--print-config-reference", "--help",
     "--scram-file",
-    "--metrics-port", "--tls-port", "--ws-port", "--wss-port", "--certfile", "--keyfile",
+    "--metrics-port", "--tls-port", "--ws-port", "--wss-port", "--udp-port", "--dtls-port",
+    "--psk-file", "--certfile", "--keyfile",
     "--cafile", "--require-certificate",
 ]  # fmt: skip
 

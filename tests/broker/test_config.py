@@ -325,11 +325,21 @@ class TestBadValues:
         for choice in spec.choices:
             assert f'"{choice}"' in error.message
 
-    @pytest.mark.parametrize("kind", ["udp", "dtls"])
-    def test_unimplemented_listener_type(self, write, kind):
-        error = load_error(write, f'[[listener]]\nport = 1\n[[listener]]\ntype = "{kind}"\n')
-        assert error.key == "listener[1].type"
-        assert error.message == f"listener type '{kind}' is not available yet"
+    def test_dtls_listener_needs_keys(self, write):
+        error = load_error(write, '[[listener]]\nport = 1\n[[listener]]\ntype = "dtls"\n')
+        assert error.key == "listener[1].psk_file"
+        assert error.message == "a dtls listener needs psk_file, or certfile and keyfile"
+
+    def test_udp_keys_only_on_udp_listeners(self, write):
+        error = load_error(write, "[[listener]]\nport = 1\nmtu = 1400\n")
+        assert error.key == "listener[0].mtu"
+        assert "udp and dtls listeners only" in error.message
+
+    def test_rto_min_above_rto_max(self, write):
+        text = '[[listener]]\ntype = "udp"\nport = 1\nrto_min = 5.0\nrto_max = 1.0\n'
+        error = load_error(write, text)
+        assert error.key == "listener[0].rto_min"
+        assert error.message == "must not exceed rto_max"
 
     def test_listener_as_a_table_instead_of_an_array(self, write):
         error = load_error(write, "[listener]\nport = 1883\n")
@@ -480,7 +490,7 @@ class TestObjects:
             (BrokerConfig(log_level="loud"), "log_level"),
             (BrokerConfig(max_packet_size="1"), "max_packet_size"),  # type: ignore[arg-type]
             (BrokerConfig(listeners=[ListenerSettings(port=99999)]), "listener[0].port"),
-            (BrokerConfig(listeners=[ListenerSettings(type="udp")]), "listener[0].type"),
+            (BrokerConfig(listeners=[ListenerSettings(type="quic")]), "listener[0].type"),
         ],
     )
     def test_validate_config_checks_objects_built_in_python(self, config, key):

@@ -1,4 +1,4 @@
-"""The URL registry (scheme -> opener, placeholders for transports to come) and the
+"""The URL registry (scheme -> opener, and the checks of transport settings) and the
 ``mqttv5 sub -F`` formatter."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from mqttv5.cli.sub import format_message
 from mqttv5.client import Message
 from mqttv5.protocol.packets import Publish
 from mqttv5.transport import open_url, parse_url
+from mqttv5.transport.dtls import DtlsClientSettings
+from mqttv5.transport.udp import UdpSettings
 
 from .mosquitto import run
 
@@ -24,18 +26,28 @@ def test_parse_url_defaults() -> None:
     assert parse_url("mqtts://h").port == 8883 and parse_url("ws://h").port == 8080
 
 
-@pytest.mark.parametrize("url", ["mqtt-udp://h", "mqtts-dtls://h"])
-def test_placeholder_schemes_say_what_is_missing(url: str) -> None:
-    scheme = url.split("://")[0]
-    with pytest.raises(MqttError, match=f"scheme {scheme}:// needs .* not available yet"):
-        run(open_url(url))
+def test_udp_schemes_and_their_default_ports() -> None:
+    assert parse_url("mqtt-udp://h").port == 1884
+    assert parse_url("mqtts-dtls://h").port == 8884
+
+
+def test_dtls_without_keys_says_what_is_missing() -> None:
+    with pytest.raises(MqttError, match=r"needs a PSK .* or a CA file"):
+        run(open_url("mqtts-dtls://127.0.0.1:9"))
+
+
+def test_udp_settings_need_a_udp_scheme() -> None:
+    with pytest.raises(MqttError, match="UDP settings given for mqtt://h:1883"):
+        run(open_url("mqtt://h", udp=UdpSettings()))
+    with pytest.raises(MqttError, match=r"DTLS settings given for .*: use mqtts-dtls://"):
+        run(open_url("mqtt-udp://h", dtls=DtlsClientSettings(psk_identity="a", psk=b"k")))
 
 
 def test_unknown_scheme() -> None:
     with pytest.raises(MqttError, match="unknown URL scheme 'gopher'"):
         parse_url("gopher://h")
-    with pytest.raises(MqttError, match="not available yet"):
-        run(MqttClient("x").connect("mqtt-udp://localhost"))
+    with pytest.raises(MqttError, match="unknown URL scheme 'gopher'"):
+        run(MqttClient("x").connect("gopher://localhost"))
 
 
 def test_format_specifiers() -> None:

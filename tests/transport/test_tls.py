@@ -574,7 +574,8 @@ _S = {"certfile": "S", "keyfile": "S"}  # "S": the test's server certificate
         ({"type": "tls", "alpn": [""], **_S}, "listener[0].alpn", "1 to 255 bytes"),
         ({"type": "tls", "ws_path": "/m", **_S}, "listener[0].ws_path", "ws and wss listeners"),
         ({"type": "tcp", "certfile": "S"}, "listener[0].certfile", "tls and wss listeners only"),
-        ({"type": "udp"}, "listener[0].type", "not available yet"),
+        ({"type": "udp", "certfile": "S"}, "listener[0].certfile", "tls and wss listeners only"),
+        ({"type": "dtls", "alpn": ["mqtt"]}, "listener[0].alpn", "tls and wss listeners only"),
         ({"type": "ws", "trusted_proxies": ["x"]}, "listener[0].trusted_proxies", "not an IP"),
         ({"type": "ws", "ws_subprotocols": []}, "listener[0].ws_subprotocols", "at least one"),
         ({"type": "ws", "ws_path": "mqtt"}, "listener[0].ws_path", 'start with "/"'),
@@ -690,7 +691,12 @@ def test_command_line_adds_tls_and_websocket_listeners(certs: Certs) -> None:
 @pytest.mark.parametrize(
     ("values", "key", "source", "message"),
     [
-        ({"certfile": "x"}, "certfile", "--certfile", "needs --tls-port or --wss-port"),
+        (
+            {"certfile": "x"},
+            "certfile",
+            "--certfile",
+            "needs --tls-port, --wss-port or --dtls-port",
+        ),
         ({"tls_port": 70000}, "port", "--tls-port", "0..65535"),
         ({"tls_port": 1}, "listener[2].certfile", None, "needs certfile and keyfile"),
         ({"ws_port": 1}, "allow_anonymous", None, "WebSocket listener"),

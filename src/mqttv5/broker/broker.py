@@ -33,6 +33,7 @@ from .auth import Authenticator
 from .bridge import BridgeManager
 from .config import (
     TLS_LISTENER_TYPES,
+    UDP_LISTENER_TYPES,
     WS_LISTENER_TYPES,
     BrokerConfig,
     ListenerSettings,
@@ -50,9 +51,16 @@ from .sessions import EXPIRY_NEVER, Session, SessionRegistry, SubEntry
 from .storage import MemoryStore, SessionStore, StorageError, StoredSession, StoredState
 from .storage.sqlite import SqliteStore
 from .sys_topics import SysPublisher
-from .tls import PendingHandshakes, ServerTls, TlsAdapter, with_certificate_auth
+from .tls import (
+    PendingHandshakes,
+    ServerTls,
+    TlsAdapter,
+    with_certificate_auth,
+    with_identity_auth,
+)
 
 if TYPE_CHECKING:
+    from ..transport.udp.endpoint import UdpServerEndpoint
     from .websocket import WebSocketOptions
 
 __all__ = ["ListenerRuntime", "MqttBroker"]
@@ -81,6 +89,7 @@ class ListenerRuntime:
     connections: int = 0
     tls: ServerTls | None = None
     websocket: WebSocketOptions | None = None
+    udp: UdpServerEndpoint | None = None
 
 
 class MqttBroker:
@@ -190,6 +199,9 @@ class MqttBroker:
             is_loopback=is_loopback(settings.bind) and not websocket,
             acl=self.security.acl_for(cfg, settings),
         )
+        if settings.type in UDP_LISTENER_TYPES:
+            await self._open_udp_listener(runtime)
+            return
         try:
             server = await self.loop.create_server(
                 self._protocol_factory(runtime),
@@ -217,6 +229,28 @@ class MqttBroker:
                 "machine, anonymous access allowed on %s.",
                 runtime.name,
             )
+
+    async def _open_udp_listener(self, runtime: ListenerRuntime) -> None:
+        """A ``udp``/``dtls`` listener: every reliable connection gets a ClientHandler. The
+        DTLS identity (PSK identity, or the client certificate's Common Name) becomes the
+        user name, as a certificate does with ``use_identity_as_username``."""
+        settings = runtime.settings
+        cfg = self.config
+        if settings.type == "dtls":
+            runtime.authenticator = with_identity_auth(
+                runtime.authenticator, cfg.effective_allow_anonymous(settings)
+            )
+        from .udp import open_udp_listener  # the UDP layers load only when a listener needs them
+
+        per_address = settings.max_connections_per_address
+        if per_address is None:
+            per_address = cfg.max_connections_per_address
+        runtime.udp = await open_udp_listener(
+            settings, lambda: ClientHandler(self, runtime), runtime.name, per_address
+        )
+        self.listeners.append(runtime)
+        host, port = runtime.udp.sockname()[:2]
+        log.info("listening on %s:%d (%s)", host, port, settings.type)
 
     def _has_ipv4_twin(self, settings: ListenerSettings) -> bool:
         """Whether a 127.0.0.1 listener of the same type and port stands next to this ::1 one."""
@@ -273,6 +307,8 @@ class MqttBroker:
         for runtime in self.listeners:
             if runtime.server is not None:
                 out.extend(s.getsockname()[1] for s in runtime.server.sockets)
+            elif runtime.udp is not None:
+                out.append(runtime.udp.sockname()[1])
         return out
 
     async def stop(self) -> None:
@@ -318,6 +354,8 @@ class MqttBroker:
         for runtime in self.listeners:
             if runtime.server is not None:
                 runtime.server.close()
+            if runtime.udp is not None:
+                runtime.udp.close()
         for runtime in self.listeners:
             if runtime.server is not None:
                 with contextlib.suppress(Exception):
@@ -533,6 +571,10 @@ class MqttBroker:
             self.store.save_session(self._stored(session))
         conn.send(Connack(_RC.SUCCESS, present, props))  # [MQTT-3.2.2-2] session present
         handler.accepted = True
+        set_idle_timeout = getattr(handler.transport, "set_idle_timeout", None)
+        if set_idle_timeout is not None and conn.keep_alive:
+            # UDP: the transport's idle expiry must not fire before MQTT's 1.5 x Keep Alive
+            set_idle_timeout(max(handler.listener.settings.idle_timeout, 1.5 * conn.keep_alive))
         self.counters.clients_connected += 1
         self.counters.clients_maximum = max(
             self.counters.clients_maximum, self.counters.clients_connected

@@ -46,7 +46,7 @@ __all__ = [
     "BRIDGE_TOPIC_KEYS",
     "BROKER_KEYS",
     "DEFAULT_PORTS",
-    "IMPLEMENTED_LISTENER_TYPES",
+    "UDP_LISTENER_TYPES",
     "LISTENER_KEYS",
     "LISTENER_TYPES",
     "METRICS_KEYS",
@@ -80,10 +80,10 @@ DEFAULT_PORTS: Final[Mapping[str, int]] = {
     "dtls": 8884,
 }
 LISTENER_TYPES: Final[tuple[str, ...]] = tuple(DEFAULT_PORTS)
-#: Listener types the broker can open today; the others are recognised but refused.
-IMPLEMENTED_LISTENER_TYPES: Final[frozenset[str]] = frozenset({"tcp", "tls", "ws", "wss"})
 #: Listener types that speak TLS (need ``certfile`` and ``keyfile``).
 TLS_LISTENER_TYPES: Final[frozenset[str]] = frozenset({"tls", "wss"})
+#: Listener types that speak UDP (the reliability layer of docs/udp.md).
+UDP_LISTENER_TYPES: Final[frozenset[str]] = frozenset({"udp", "dtls"})
 #: Listener types that speak WebSocket.
 WS_LISTENER_TYPES: Final[frozenset[str]] = frozenset({"ws", "wss"})
 #: Minimum TLS versions ``tls_version`` may name.
@@ -203,8 +203,9 @@ class ListenerSettings:
     type: str = _key(
         "tcp",
         "Transport: `tcp`, `tls` (MQTT over TLS), `ws` (MQTT over WebSocket), `wss` (WebSocket "
-        "over TLS), `udp` or `dtls`. `udp` and `dtls` are not available in this release: they "
-        "are recognised and refused with a clear error.",
+        "over TLS), `udp` (MQTT over UDP with our reliability layer, see docs/udp.md) or `dtls` "
+        "(the same over DTLS 1.2, with pre-shared keys or certificates; needs python-mbedtls: "
+        "`pip install 'mqttv5[dtls]'`).",
         choices=LISTENER_TYPES,
     )
     bind: str = _key(
@@ -395,6 +396,47 @@ class ListenerSettings:
         False,
         "`ws`, `wss`: offer permessage-deflate compression. Off by default: MQTT payloads are "
         "often already compact, and compression costs memory and CPU per connection.",
+    )
+
+    # --- UDP and DTLS (udp and dtls listeners) ---
+    psk_file: str | None = _key(
+        None,
+        "`dtls`: pre-shared keys, one `identity:hexkey` per line (Mosquitto's `psk_file`). A "
+        "client's PSK identity becomes its user name. A `dtls` listener needs `psk_file`, or "
+        "`certfile` and `keyfile`, or both.",
+    )
+    mtu: int | None = _key(
+        None,
+        "`udp`, `dtls`: largest datagram sent, in bytes (UDP payload). Bigger MQTT packets are "
+        "split into fragments. Unset: 1472 on IPv4, 1452 on IPv6 (a 1500-byte Ethernet MTU).",
+        minimum=256,
+        maximum=65_507,
+        default_doc="1472 (IPv4), 1452 (IPv6)",
+    )
+    rto_min: float = _key(
+        0.2,
+        "`udp`, `dtls`: shortest retransmission timeout, in seconds (RFC 6298's RTO, from the "
+        "measured round-trip time, never below this).",
+        minimum=0.001,
+    )
+    rto_max: float = _key(
+        60.0,
+        "`udp`, `dtls`: longest retransmission timeout, in seconds (the exponential backoff "
+        "stops doubling here).",
+        minimum=0.01,
+    )
+    max_retransmits: int = _key(
+        10,
+        "`udp`, `dtls`: a datagram sent this many more times without acknowledgement ends the "
+        "connection (as a lost TCP connection: the Will is published).",
+        minimum=1,
+    )
+    idle_timeout: float = _key(
+        90.0,
+        "`udp`, `dtls`: a connection that has received nothing (not even a keep-alive) for this "
+        "many seconds is closed. Raised per client to 1.5 x its MQTT Keep Alive when that is "
+        "longer, so the Will follows MQTT's rule.",
+        minimum=1.0,
     )
 
     def __post_init__(self) -> None:
@@ -1414,9 +1456,6 @@ def validate_config(
     for index, listener in enumerate(config.listeners):
         prefix = f"listener[{index}]."
         _check_fields(listener, LISTENER_KEYS, _LISTENER_KINDS, prefix, source)
-        if listener.type not in IMPLEMENTED_LISTENER_TYPES:
-            message = f"listener type {listener.type!r} is not available yet"
-            raise ConfigError(prefix + "type", message, source)
         _check_transport_keys(listener, prefix, source)
         where = (_transport_family(listener.type), listener.bind, listener.port)
         if listener.port != 0 and where in seen:
@@ -1436,7 +1475,12 @@ _TLS_KEYS: Final = (
 _WS_KEYS: Final = (
     "ws_path", "ws_subprotocols", "allowed_origins", "ws_compression",
 )  # fmt: skip
-_FILE_KEYS: Final = ("certfile", "keyfile", "cafile", "crlfile")
+_FILE_KEYS: Final = ("certfile", "keyfile", "cafile", "crlfile", "psk_file")
+# The TLS keys a dtls listener takes too.
+_DTLS_KEYS: Final = (
+    "certfile", "keyfile", "cafile", "require_certificate", "use_identity_as_username",
+)  # fmt: skip
+_UDP_KEYS: Final = ("mtu", "rto_min", "rto_max", "max_retransmits", "idle_timeout")
 
 
 def _check_transport_keys(listener: ListenerSettings, prefix: str, source: str | None) -> None:
@@ -1451,22 +1495,35 @@ def _check_transport_keys(listener: ListenerSettings, prefix: str, source: str |
     if kind in WS_LISTENER_TYPES and importlib.util.find_spec("websockets") is None:
         message = f"a {kind} listener needs the websockets package: pip install 'mqttv5[ws]'"
         raise ConfigError(prefix + "type", message, source)
+    if kind == "dtls" and importlib.util.find_spec("mbedtls") is None:
+        message = "a dtls listener needs python-mbedtls: pip install 'mqttv5[dtls]'"
+        raise ConfigError(prefix + "type", message, source)
     for keys, allowed, what in (
         (_TLS_KEYS, TLS_LISTENER_TYPES, "tls and wss"),
         (_WS_KEYS, WS_LISTENER_TYPES, "ws and wss"),
+        (_UDP_KEYS, UDP_LISTENER_TYPES, "udp and dtls"),
+        (("psk_file",), frozenset({"dtls"}), "dtls"),
     ):
         if kind in allowed:
             continue
         for key in keys:
+            if kind == "dtls" and key in _DTLS_KEYS:
+                continue
             if getattr(listener, key) != getattr(default, key):
                 message = f"applies to {what} listeners only (this one is {kind!r})"
                 raise ConfigError(prefix + key, message, source)
     if listener.trusted_proxies and kind not in ("tcp", *WS_LISTENER_TYPES):
         message = f"applies to tcp, ws and wss listeners only (this one is {kind!r})"
         raise ConfigError(prefix + "trusted_proxies", message, source)
-    if kind not in TLS_LISTENER_TYPES:
+    if kind in UDP_LISTENER_TYPES and listener.rto_min > listener.rto_max:
+        raise ConfigError(prefix + "rto_min", "must not exceed rto_max", source)
+    if kind == "dtls":
+        _check_dtls_keys(listener, prefix, source)
+    if kind not in TLS_LISTENER_TYPES | {"dtls"}:
         return
     for key in ("certfile", "keyfile"):
+        if kind == "dtls" and listener.certfile is None and listener.keyfile is None:
+            break  # PSK only
         if getattr(listener, key) is None:
             raise ConfigError(prefix + key, f"a {kind} listener needs certfile and keyfile", source)
     for key in _FILE_KEYS:
@@ -1485,6 +1542,13 @@ def _check_transport_keys(listener: ListenerSettings, prefix: str, source: str |
     if listener.use_identity_as_username and listener.use_subject_as_username:
         message = "choose one of use_identity_as_username and use_subject_as_username"
         raise ConfigError(prefix + "use_subject_as_username", message, source)
+
+
+def _check_dtls_keys(listener: ListenerSettings, prefix: str, source: str | None) -> None:
+    """A dtls listener needs keys to offer: a PSK file, a certificate, or both."""
+    if listener.psk_file is None and listener.certfile is None:
+        message = "a dtls listener needs psk_file, or certfile and keyfile"
+        raise ConfigError(prefix + "psk_file", message, source)
 
 
 def _transport_family(listener_type: str) -> str:
@@ -1790,22 +1854,27 @@ _LISTENER_INHERITED: Final = (
 )  # fmt: skip
 
 
-# Flags that add a TLS or WebSocket listener, and the flags that configure its TLS.
-_TRANSPORT_PORT_FLAGS: Final = (("tls_port", "tls"), ("ws_port", "ws"), ("wss_port", "wss"))
+# Flags that add a TLS, WebSocket, UDP or DTLS listener, and the flags that configure its keys.
+_TRANSPORT_PORT_FLAGS: Final = (
+    ("tls_port", "tls"), ("ws_port", "ws"), ("wss_port", "wss"), ("udp_port", "udp"),
+    ("dtls_port", "dtls"),
+)  # fmt: skip
 _TLS_FLAGS: Final = {
     "certfile": "--certfile",
     "keyfile": "--keyfile",
     "cafile": "--cafile",
     "require_certificate": "--require-certificate",
 }
+_KEYED_TYPES: Final = TLS_LISTENER_TYPES | {"dtls"}
 
 
 def _transport_flag_listeners(args: argparse.Namespace) -> list[ListenerSettings]:
-    """The listeners of ``--tls-port``, ``--ws-port`` and ``--wss-port``: on ``--bind`` (else
-    127.0.0.1), TLS ones with ``--certfile --keyfile [--cafile --require-certificate]``.
+    """The listeners of ``--tls-port``, ``--ws-port``, ``--wss-port``, ``--udp-port`` and
+    ``--dtls-port``: on ``--bind`` (else 127.0.0.1); TLS and DTLS ones with ``--certfile
+    --keyfile [--cafile --require-certificate]``, DTLS ones with ``--psk-file``.
 
     Raises:
-        ConfigError: a bad port, or TLS flags without a TLS listener to apply to.
+        ConfigError: a bad port, or key flags without a listener to apply to.
     """
     bind = getattr(args, "bind", None) or "127.0.0.1"
     tls: dict[str, Any] = {}
@@ -1813,6 +1882,7 @@ def _transport_flag_listeners(args: argparse.Namespace) -> list[ListenerSettings
         value = getattr(args, key, None)
         if value is not None and value is not False:
             tls[key] = value
+    psk_file = getattr(args, "psk_file", None)
     out: list[ListenerSettings] = []
     for attr, kind in _TRANSPORT_PORT_FLAGS:
         port = getattr(args, attr, None)
@@ -1820,11 +1890,15 @@ def _transport_flag_listeners(args: argparse.Namespace) -> list[ListenerSettings
             continue
         flag = "--" + attr.replace("_", "-")
         _check_value("port", port, LISTENER_KEYS["port"], _LISTENER_KINDS["port"], flag)
-        extra = tls if kind in TLS_LISTENER_TYPES else {}
+        extra = dict(tls) if kind in _KEYED_TYPES else {}
+        if kind == "dtls" and psk_file is not None:
+            extra["psk_file"] = psk_file
         out.append(ListenerSettings(type=kind, bind=bind, port=port, **extra))
-    if tls and not any(lis.type in TLS_LISTENER_TYPES for lis in out):
+    if tls and not any(lis.type in _KEYED_TYPES for lis in out):
         key = next(iter(tls))
-        raise ConfigError(key, "needs --tls-port or --wss-port", _TLS_FLAGS[key])
+        raise ConfigError(key, "needs --tls-port, --wss-port or --dtls-port", _TLS_FLAGS[key])
+    if psk_file is not None and not any(lis.type == "dtls" for lis in out):
+        raise ConfigError("psk_file", "needs --dtls-port", "--psk-file")
     return out
 
 

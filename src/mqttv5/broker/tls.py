@@ -671,3 +671,16 @@ def with_certificate_auth(
         return base
     cert = CertificateAuthenticator(use_subject=settings.use_subject_as_username)
     return CompositeAuthenticator([cert, base], "first", allow_anonymous=allow_anonymous)
+
+
+def with_identity_auth(base: Authenticator, allow_anonymous: bool) -> Authenticator:
+    """``base`` with the DTLS identity in front: a client whose DTLS handshake proved a PSK
+    identity or a certificate is accepted under that name (the certificate's Common Name);
+    ``base`` decides the others. Already composed authenticators are not wrapped twice."""
+    if isinstance(base, CompositeAuthenticator) and any(
+        isinstance(p, CertificateAuthenticator) for p in base.providers
+    ):
+        return base
+    return CompositeAuthenticator(
+        [CertificateAuthenticator(), base], "first", allow_anonymous=allow_anonymous
+    )

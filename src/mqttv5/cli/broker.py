@@ -110,9 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="also listen for MQTT over secure WebSocket on port N; needs --certfile and --keyfile",
     )
     add(
+        "--udp-port",
+        type=int,
+        metavar="N",
+        help="also listen for MQTT over UDP (docs/udp.md) on port N (on --bind, else 127.0.0.1)",
+    )
+    add(
+        "--dtls-port",
+        type=int,
+        metavar="N",
+        help="also listen for MQTT over DTLS on port N; needs --psk-file, or --certfile and "
+        "--keyfile",
+    )
+    add(
+        "--psk-file",
+        metavar="FILE",
+        help="pre-shared keys of --dtls-port: lines identity:hexkey (as Mosquitto's psk_file)",
+    )
+    add(
         "--certfile",
         metavar="FILE",
-        help="server certificate chain (PEM) of --tls-port and --wss-port",
+        help="server certificate chain (PEM) of --tls-port, --wss-port and --dtls-port",
     )
     add("--keyfile", metavar="FILE", help="private key (PEM) of --certfile")
     add("--cafile", metavar="FILE", help="CA certificates (PEM) for client certificates")
@@ -120,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-certificate",
         action="store_true",
         default=None,
-        help="clients of --tls-port and --wss-port must present a certificate signed by "
-        "--cafile (mutual TLS)",
+        help="clients of --tls-port, --wss-port and --dtls-port must present a certificate "
+        "signed by --cafile (mutual TLS)",
     )
     add("--storage", choices=_choices("storage"), help=f"session storage (default: {d.storage})")
     add("--data-dir", metavar="DIR", help=f"directory for sqlite storage (default: {d.data_dir})")

@@ -15,6 +15,7 @@ from ..client import ConnectOptions, MqttClient, ReconnectPolicy, Will
 from ..protocol.errors import ConnectRefused, MqttError
 from ..protocol.properties import PROPERTY_TABLE, Properties, WireType
 from ..transport.base import TransportError
+from ..transport.dtls import DtlsClientSettings
 from ..transport.tls import TlsConfig
 
 __all__ = [
@@ -65,7 +66,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
     add("-p", "--port", type=int, default=None,
         help="broker port (default 1883, 8883 with TLS options)")  # fmt: skip
     add("-L", "--url", help="mqtt://[user[:password]@]host[:port]/topic; also mqtts://, "
-        "ws://host:port/path and wss://")  # fmt: skip
+        "ws://host:port/path, wss://, mqtt-udp:// and mqtts-dtls://")  # fmt: skip
     add("-t", "--topic", action="append", default=[], help="topic (sub: filter, repeatable)")
     add("-q", "--qos", type=int, choices=(0, 1, 2), default=0, help="quality of service")
     add("-i", "--id", help="client identifier")
@@ -88,6 +89,9 @@ def add_common_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
     add("--cert", help="client certificate (PEM), for mutual TLS")
     add("--key", help="client private key (PEM)")
     add("--insecure", action="store_true", help="do not check the server's host name (TLS)")
+    add("--psk", metavar="HEX", help="pre-shared key in hexadecimal, for DTLS (mqtts-dtls://; "
+        "without -L: mqtts-dtls on port 8884)")  # fmt: skip
+    add("--psk-identity", metavar="ID", help="the identity of --psk (the broker's user name)")
     add("--no-reconnect" if sub else "--reconnect", action="store_true",
         help="do not reconnect when the connection is lost" if sub else
         "reconnect when the connection is lost")  # fmt: skip
@@ -160,9 +164,12 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str], *, sub: bool) ->
     if version not in (4, 5):
         raise CliError(f"unsupported protocol version {args.protocol_version!r}")
     tls = _tls_config(args)
-    # As mosquitto_pub: a TLS option means TLS, on 8883 unless -p says otherwise.
-    scheme = "mqtts" if tls is not None else "mqtt"
-    host, port, url_topic = args.host, args.port or (8883 if tls else 1883), None
+    dtls = _dtls_config(args)
+    # As mosquitto_pub: a TLS option means TLS, on 8883 unless -p says otherwise; a PSK means
+    # DTLS (this tool's TLS over TCP has no PSK), on 8884.
+    scheme = "mqtts-dtls" if dtls is not None else "mqtts" if tls is not None else "mqtt"
+    default_port = 8884 if dtls is not None else 8883 if tls is not None else 1883
+    host, port, url_topic = args.host, args.port or default_port, None
     username, password = args.username, args.pw
     path = ""
     if args.url:
@@ -176,7 +183,11 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str], *, sub: bool) ->
             path = endpoint.path  # the WebSocket path (/mqtt), not a topic
         else:
             url_topic = endpoint.path.lstrip("/") or None
-        if tls is not None and scheme in ("mqtt", "tcp", "ws"):
+        if (tls is not None or dtls is not None) and scheme == "mqtt-udp":
+            scheme = "mqtts-dtls"
+        elif dtls is not None and scheme != "mqtts-dtls":
+            raise CliError(f"--psk needs a mqtts-dtls:// URL (not {scheme}://)")
+        elif tls is not None and scheme in ("mqtt", "tcp", "ws"):
             scheme = {"ws": "wss"}.get(scheme, "mqtts")
     if url_topic and not args.topic:
         args.topic = [url_topic]
@@ -214,6 +225,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str], *, sub: bool) ->
         will=will,
         version=version,
         tls=tls,
+        dtls=dtls,
     )
     bracket = f"[{host}]" if ":" in host else host
     return Common(args, f"{scheme}://{bracket}:{port}{path}", client_id, options, store)
@@ -236,6 +248,28 @@ def _tls_config(args: argparse.Namespace) -> TlsConfig | None:
         cert_file=args.cert,
         key_file=args.key,
         insecure=args.insecure,
+    )
+
+
+def _dtls_config(args: argparse.Namespace) -> DtlsClientSettings | None:
+    """``--psk-identity`` and ``--psk`` (with the TLS options' CA and certificate) as DTLS
+    settings; None without a PSK (DTLS with certificates then comes from the TLS options)."""
+    if args.psk is None and args.psk_identity is None:
+        return None
+    if args.psk is None or args.psk_identity is None:
+        raise CliError("--psk and --psk-identity go together")
+    try:
+        key = bytes.fromhex(args.psk)
+    except ValueError:
+        raise CliError("--psk: not a hexadecimal key") from None
+    if not key:
+        raise CliError("--psk: empty key")
+    return DtlsClientSettings(
+        psk_identity=args.psk_identity,
+        psk=key,
+        cafile=args.cafile,
+        certfile=args.cert,
+        keyfile=args.key,
     )
 
 

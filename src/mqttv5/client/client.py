@@ -135,11 +135,59 @@ class MqttClient(ClientCore):
             context=context,
         )
 
+    def set_dtls_config(
+        self,
+        psk_identity: str | None = None,
+        psk: bytes | str | None = None,
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        """Set how ``mqtts-dtls://`` connections are secured (``options.dtls``).
+
+        Args:
+            psk_identity: the pre-shared key's identity (the broker takes it as the user name).
+            psk: the key, as bytes or as a hex string (as ``--psk`` and Mosquitto's psk_file).
+            ca_file: CA certificates (PEM) the server's certificate must chain to.
+            cert_file: our certificate (PEM) for mutual authentication.
+            key_file: its private key (PEM).
+            server_hostname: the name checked against the server's certificate; None: the
+                URL's host (with ``ca_file``).
+
+        Raises:
+            ValueError: a PSK identity without a key (or the reverse), a key that is not
+                hexadecimal, or neither a PSK nor a CA file.
+        """
+        from ..transport.dtls import DtlsClientSettings
+
+        if (psk_identity is None) != (psk is None):
+            raise ValueError("psk_identity and psk go together")
+        key = bytes.fromhex(psk) if isinstance(psk, str) else psk
+        if key is None and ca_file is None:
+            raise ValueError("DTLS needs a PSK (psk_identity and psk) or a CA file")
+        self.options.dtls = DtlsClientSettings(
+            psk_identity=psk_identity,
+            psk=key,
+            cafile=ca_file,
+            certfile=cert_file,
+            keyfile=key_file,
+            server_hostname=server_hostname,
+        )
+
     async def _open_stream(self) -> Stream:
         url = self.url
         if isinstance(url, str):
             opts = self.options
-            return await open_url(url, connect_timeout=opts.connect_timeout, tls=opts.tls)
+            udp_scheme = url.lower().startswith(("mqtt-udp:", "mqtts-dtls:"))
+            return await open_url(
+                url,
+                connect_timeout=opts.connect_timeout,
+                tls=opts.tls,
+                dtls=opts.dtls if udp_scheme else None,
+                udp=opts.udp if udp_scheme else None,
+            )
         return await super()._open_stream()
 
     async def _handshake(

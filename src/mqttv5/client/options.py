@@ -11,7 +11,9 @@ from typing import Protocol, runtime_checkable
 from ..protocol.packets import Will
 from ..protocol.properties import Properties
 from ..protocol.reason_codes import ReasonCode
+from ..transport.dtls import DtlsClientSettings
 from ..transport.tls import TlsConfig
+from ..transport.udp.reliability import UdpSettings
 
 __all__ = [
     "Authenticator",
@@ -127,6 +129,11 @@ class ConnectOptions:
         tls: TLS settings for ``mqtts://`` and ``wss://`` URLs (CA, client certificate ...);
             None: the system's CAs, no client certificate. See
             :meth:`~mqttv5.client.MqttClient.set_tls_config`.
+        dtls: DTLS settings for ``mqtts-dtls://`` URLs (PSK identity and key, or CA and client
+            certificate); None: the CA and certificate of ``tls``. See
+            :meth:`~mqttv5.client.MqttClient.set_dtls_config`.
+        udp: reliability settings for ``mqtt-udp://`` and ``mqtts-dtls://`` (``mtu``,
+            ``rto_min``, ``rto_max``, ``max_retransmits``, ``idle_timeout``); None: defaults.
         bridge: announce a bridge (Mosquitto's ``try_private``: bit 0x80 set on the protocol
             level of CONNECT). A broker that honours it (Mosquitto) does not send the bridge
             its own publications back and keeps their RETAIN flag, even over 3.1.1; one that
@@ -149,6 +156,8 @@ class ConnectOptions:
     version: int = 5
     connect_timeout: float = 10.0
     tls: TlsConfig | None = None
+    dtls: DtlsClientSettings | None = None
+    udp: UdpSettings | None = None
     bridge: bool = False
 
     def connect_properties(self) -> Properties:

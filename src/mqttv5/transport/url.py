@@ -2,10 +2,9 @@
 
 ``mqtt://host:1883`` and ``tcp://host:1883`` open a TCP stream, ``mqtts://host:8883`` (alias
 ``ssl://``) a TLS stream, ``ws://host:8080/mqtt`` and ``wss://host:8443/mqtt`` a WebSocket
-stream (the path defaults to ``/mqtt``; needs the ``websockets`` package). ``mqtt-udp://`` and
-``mqtts-dtls://`` are registered as placeholders that raise a clear
-:class:`~mqttv5.protocol.errors.MqttError` until their transport lands and calls
-:func:`register_scheme` with a real opener.
+stream (the path defaults to ``/mqtt``; needs the ``websockets`` package), ``mqtt-udp://host:1884``
+MQTT over UDP with the reliability layer of docs/udp.md, and ``mqtts-dtls://host:8884`` the same
+over DTLS 1.2 (needs ``python-mbedtls``).
 
 TLS settings (:class:`~mqttv5.transport.tls.TlsConfig`) reach the opener in
 :attr:`Endpoint.tls`: ``open_url(url, tls=...)`` sets it.
@@ -16,13 +15,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..protocol.errors import MqttError
 from .base import Stream
 from .tcp import open_tcp
 from .tls import TlsConfig, open_tls
+
+if TYPE_CHECKING:
+    from .dtls import DtlsClientSettings
+    from .udp.reliability import UdpSettings
 
 __all__ = [
     "Endpoint",
@@ -59,6 +62,8 @@ class Endpoint:
     password: str | None = None
     query: dict[str, str] = field(default_factory=dict)
     tls: TlsConfig | None = field(default=None, compare=False)
+    dtls: DtlsClientSettings | None = field(default=None, compare=False)
+    udp: UdpSettings | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -120,15 +125,24 @@ TLS_SCHEMES: Final = frozenset({"mqtts", "ssl", "wss", "mqtts-dtls"})
 
 
 async def open_url(
-    url: str | Endpoint, *, connect_timeout: float | None = 10.0, tls: TlsConfig | None = None
+    url: str | Endpoint,
+    *,
+    connect_timeout: float | None = 10.0,
+    tls: TlsConfig | None = None,
+    dtls: DtlsClientSettings | None = None,
+    udp: UdpSettings | None = None,
 ) -> Stream:
     """Open a stream to ``url`` with the transport its scheme is registered to.
 
     Args:
         url: the broker URL (or a parsed :class:`Endpoint`).
         connect_timeout: seconds for the connection (and the TLS and WebSocket handshakes).
-        tls: TLS settings; only for a TLS scheme (``mqtts://``, ``wss://``): with ``mqtt://``
-            they would silently not apply, so that is an error.
+        tls: TLS settings; only for a TLS scheme (``mqtts://``, ``wss://``, and
+            ``mqtts-dtls://``, where its CA and certificate files apply): with ``mqtt://`` they
+            would silently not apply, so that is an error.
+        dtls: DTLS settings (PSK or certificates) for ``mqtts-dtls://``; they win over ``tls``.
+        udp: reliability settings (``mtu``, ``rto_min`` ...) for ``mqtt-udp://`` and
+            ``mqtts-dtls://``.
 
     Raises:
         MqttError: unknown scheme, a transport that is not available yet, or ``tls`` with a
@@ -144,6 +158,13 @@ async def open_url(
                 "use mqtts:// (or wss://)"
             )
         endpoint = dataclasses.replace(endpoint, tls=tls)
+    if dtls is not None or udp is not None:
+        if endpoint.scheme not in _OPENERS_UDP:
+            what = "DTLS" if dtls is not None else "UDP"
+            raise MqttError(f"{what} settings given for {endpoint}, which does not use UDP")
+        if dtls is not None and endpoint.scheme != "mqtts-dtls":
+            raise MqttError(f"DTLS settings given for {endpoint}: use mqtts-dtls://")
+        endpoint = dataclasses.replace(endpoint, dtls=dtls, udp=udp)
     return await _OPENERS[endpoint.scheme](endpoint, connect_timeout)
 
 
@@ -177,11 +198,38 @@ async def _open_websocket(endpoint: Endpoint, connect_timeout: float | None) -> 
     )
 
 
-def _placeholder(scheme: str, needs: str) -> Opener:
-    async def opener(endpoint: Endpoint, connect_timeout: float | None) -> Stream:
-        raise MqttError(f"scheme {scheme}:// needs {needs}, which is not available yet")
+async def _open_udp(endpoint: Endpoint, connect_timeout: float | None) -> Stream:
+    from .udp.endpoint import open_udp
 
-    return opener
+    dtls = None
+    if endpoint.scheme == "mqtts-dtls":
+        dtls = endpoint.dtls or _dtls_from_tls(endpoint)
+    return await open_udp(
+        endpoint.host,
+        endpoint.port,
+        settings=endpoint.udp,
+        dtls=dtls,
+        connect_timeout=connect_timeout,
+    )
+
+
+def _dtls_from_tls(endpoint: Endpoint) -> DtlsClientSettings:
+    """DTLS with certificates, from the TLS settings (CA, client certificate, host name)."""
+    try:
+        from .dtls import DtlsClientSettings
+    except ImportError as exc:
+        raise MqttError("mqtts-dtls:// needs python-mbedtls: pip install 'mqttv5[dtls]'") from exc
+    tls = endpoint.tls or TlsConfig()
+    if tls.ca_file is None:
+        raise MqttError(
+            "mqtts-dtls:// needs a PSK (psk_identity and psk) or a CA file to verify the server"
+        )
+    return DtlsClientSettings(
+        cafile=tls.ca_file,
+        certfile=tls.cert_file,
+        keyfile=tls.key_file,
+        server_hostname=None if tls.insecure else (tls.server_hostname or endpoint.host),
+    )
 
 
 register_scheme("mqtt", _open_tcp, 1883)
@@ -190,9 +238,6 @@ register_scheme("mqtts", _open_tls, 8883)
 register_scheme("ssl", _open_tls, 8883)
 register_scheme("ws", _open_websocket, 8080)
 register_scheme("wss", _open_websocket, 8443)
-_PLACEHOLDERS: Final = (
-    ("mqtt-udp", "the UDP transport", 1884),
-    ("mqtts-dtls", "the DTLS transport", 8884),
-)
-for _scheme, _needs, _port in _PLACEHOLDERS:
-    register_scheme(_scheme, _placeholder(_scheme, _needs), _port)
+register_scheme("mqtt-udp", _open_udp, 1884)
+register_scheme("mqtts-dtls", _open_udp, 8884)
+_OPENERS_UDP: Final = frozenset({"mqtt-udp", "mqtts-dtls"})

@@ -1,0 +1,471 @@
+"""MQTT over UDP and DTLS end to end: a real broker's ``udp``/``dtls`` listeners and our client's
+``mqtt-udp://`` / ``mqtts-dtls://`` over loopback sockets. QoS 0/1/2, fragmented packets,
+garbage and spoofed datagrams, a lossy path, NAT rebinding, Wills after a silent peer, PSK and
+certificate identities as user names, and the command-line tools."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttv5 import MqttClient
+from mqttv5.bench.relay import UdpRelay
+from mqttv5.broker.config import ListenerSettings
+from mqttv5.client import ConnectOptions
+from mqttv5.protocol.errors import ConfigError
+from mqttv5.protocol.packets import Will
+from mqttv5.transport.base import TlsError, TransportError
+from tests.broker.conftest import run
+from tests.broker.rawclient import timeout
+from tests.transport.test_tls import Certs, broker_with, make_certs
+
+PSK_KEY = "00112233445566778899aabbccddeeff"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def psk_file(tmp_path: Path) -> Path:
+    path = tmp_path / "psk.txt"
+    path.write_text(f"# devices\nalice:{PSK_KEY}\nbob:{'ab' * 16}\n")
+    return path
+
+
+def udp_listener(**settings: Any) -> ListenerSettings:
+    return ListenerSettings(type="udp", bind="127.0.0.1", port=0, **settings)
+
+
+def dtls_listener(**settings: Any) -> ListenerSettings:
+    return ListenerSettings(type="dtls", bind="127.0.0.1", port=0, **settings)
+
+
+def tcp_listener() -> ListenerSettings:
+    return ListenerSettings(type="tcp", bind="127.0.0.1", port=0)
+
+
+async def client(url: str, client_id: str = "", **options: Any) -> MqttClient:
+    dtls = options.pop("dtls", None)
+    tls = options.pop("tls", None)
+    options.setdefault("connect_timeout", timeout(5))
+    c = MqttClient(client_id, options=ConnectOptions(**options))
+    if dtls is not None:
+        c.set_dtls_config(**dtls)
+    if tls is not None:
+        c.set_tls_config(**tls)
+    await c.connect(url)
+    return c
+
+
+async def pubsub(pub: MqttClient, sub: MqttClient, qos: int, count: int, size: int = 16) -> None:
+    """``count`` messages of ``size`` bytes from ``pub`` reach ``sub`` in order, once each."""
+    topic = f"e2e/{qos}/{size}"
+    await sub.subscribe(topic, qos=qos)
+    payloads = [i.to_bytes(4, "big") + os.urandom(max(0, size - 4)) for i in range(count)]
+    messages = sub.messages()
+    for payload in payloads:
+        await pub.publish(topic, payload, qos=qos)
+    got = []
+    async with asyncio.timeout(timeout(20)):
+        async for message in messages:
+            got.append(message.payload)
+            if len(got) == count:
+                break
+    assert got == payloads
+
+
+# --- plain UDP ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_publish_subscribe_over_udp(qos: int) -> None:
+    async def main() -> None:
+        async with broker_with(udp_listener()) as broker:
+            url = f"mqtt-udp://127.0.0.1:{broker.ports[0]}"
+            pub, sub = await client(url, "pub"), await client(url, "sub")
+            assert pub.connection is not None
+            await pubsub(pub, sub, qos, 200)
+            await pub.disconnect()
+            await sub.disconnect()
+
+    run(main())
+
+
+def test_udp_and_tcp_clients_share_topics_and_large_packets_are_fragmented() -> None:
+    async def main() -> None:
+        async with broker_with(udp_listener(), tcp_listener()) as broker:
+            udp, tcp = broker.ports
+            pub = await client(f"mqtt-udp://127.0.0.1:{udp}", "udp-pub")
+            sub = await client(f"mqtt://127.0.0.1:{tcp}", "tcp-sub")
+            await pubsub(pub, sub, 1, 5, size=200_000)  # ~140 fragments each
+            back = await client(f"mqtt-udp://127.0.0.1:{udp}", "udp-sub")
+            await pubsub(sub, back, 2, 3, size=64 * 1024)
+            for c in (pub, sub, back):
+                await c.disconnect()
+
+    run(main())
+
+
+def test_udp_client_identity_and_session_resume() -> None:
+    async def main() -> None:
+        async with broker_with(udp_listener()) as broker:
+            url = f"mqtt-udp://127.0.0.1:{broker.ports[0]}"
+            sub = await client(url, "keeper", clean_start=False, session_expiry_interval=60)
+            await sub.subscribe("keep/#", qos=1)
+            await sub.disconnect()
+            pub = await client(url, "pub")
+            await pub.publish("keep/1", b"while away", qos=1)
+            again = MqttClient(
+                "keeper",
+                options=ConnectOptions(
+                    clean_start=False, session_expiry_interval=60, connect_timeout=timeout(5)
+                ),
+            )
+            messages = again.messages()
+            result = await again.connect(url)
+            assert result.session_present
+            async with asyncio.timeout(timeout(5)):
+                message = await anext(messages)
+            assert message.payload == b"while away"
+            handler = next(h for h in broker.handlers if h.client_id == "keeper")
+            assert handler.peer[0] == "127.0.0.1"
+            await again.disconnect()
+            await pub.disconnect()
+
+    run(main())
+
+
+def test_garbage_and_spoofed_datagrams_are_dropped() -> None:
+    async def main() -> None:
+        async with broker_with(udp_listener()) as broker:
+            port = broker.ports[0]
+            url = f"mqtt-udp://127.0.0.1:{port}"
+            pub, sub = await client(url, "pub"), await client(url, "sub")
+            await sub.subscribe("g/#", qos=1)
+            junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            junk.setblocking(False)
+            try:
+                for n in range(300):
+                    junk.sendto(os.urandom(n % 1500 + 1), ("127.0.0.1", port))
+                for first in range(256):  # every leading byte, with plausible bodies after it
+                    junk.sendto(bytes([first]) + os.urandom(40), ("127.0.0.1", port))
+                # a client's own datagrams replayed from another address
+                junk.sendto(b"\x00" * 1472, ("127.0.0.1", port))
+                await asyncio.sleep(0.2)
+                replies = 0
+                while True:
+                    try:
+                        reply = junk.recv(65536)
+                    except BlockingIOError:
+                        break
+                    replies += 1
+                    assert len(reply) <= 1472
+            finally:
+                junk.close()
+            assert len(broker.handlers) == 2  # no connection was made for the junk
+            await pubsub(pub, sub, 1, 50)
+            await pub.disconnect()
+            await sub.disconnect()
+
+    run(main())
+
+
+def test_nothing_listening_is_a_transport_error() -> None:
+    async def main() -> None:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        with pytest.raises(TransportError) as caught:
+            await client(f"mqtt-udp://127.0.0.1:{port}", connect_timeout=timeout(3))
+        assert caught.value.address == f"127.0.0.1:{port}"
+
+    run(main())
+
+
+def test_will_after_a_silent_udp_client() -> None:
+    """A client that goes silent without a word (its path now drops everything): MQTT's
+    1.5 x Keep Alive applies, and the Will is published."""
+
+    async def main() -> None:
+        async with broker_with(udp_listener()) as broker:
+            watcher = await client(f"mqtt-udp://127.0.0.1:{broker.ports[0]}", "watcher")
+            await watcher.subscribe("wills/#", qos=1)
+            async with relayed(broker.ports[0]) as (relay, port):
+                will = Will("wills/gone", b"gone", 1)
+                url = f"mqtt-udp://127.0.0.1:{port}"
+                doomed = await client(url, "doomed", keep_alive=1, will=will)
+                handler = next(h for h in broker.handlers if h.client_id == "doomed")
+                messages = watcher.messages()
+                relay.loss = 1.0  # a black hole from now on
+                async with asyncio.timeout(timeout(10)):
+                    message = await anext(messages)
+            assert message.topic == "wills/gone"
+            async with asyncio.timeout(timeout(10)):  # the close handshake waits a little
+                while handler in broker.handlers:
+                    await asyncio.sleep(0.05)
+            await watcher.disconnect()
+            assert doomed._stream is not None
+            doomed._stream.abort()  # its own keep-alive would notice later; the test ends now
+
+    run(main())
+
+
+@asynccontextmanager
+async def relayed(broker_port: int, loss: float = 0.0) -> AsyncIterator[tuple[UdpRelay, int]]:
+    relay = UdpRelay(("127.0.0.1", broker_port), loss=loss, seed=7)
+    port = await relay.start()
+    try:
+        yield relay, port
+    finally:
+        relay.close()
+
+
+def test_qos1_and_qos2_through_a_lossy_path() -> None:
+    async def main() -> None:
+        async with broker_with(udp_listener(rto_min=0.02)) as broker:
+            async with relayed(broker.ports[0], loss=0.1) as (relay, port):
+                url = f"mqtt-udp://127.0.0.1:{port}"
+                # a lost handshake datagram costs the initial RTO (1 s, doubling): allow several
+                slow = {"connect_timeout": timeout(20)}
+                pub, sub = await client(url, "pub", **slow), await client(url, "sub", **slow)
+                await pubsub(pub, sub, 1, 100)
+                await pubsub(pub, sub, 2, 50, size=5000)
+                await pub.disconnect()
+                await sub.disconnect()
+            assert relay.dropped > 20
+
+    run(main(), 60)
+
+
+def test_session_survives_nat_rebinding() -> None:
+    async def main() -> None:
+        async with (
+            broker_with(udp_listener(rto_min=0.05)) as broker,
+            relayed(broker.ports[0]) as (relay, port),
+        ):
+            url = f"mqtt-udp://127.0.0.1:{port}"
+            pub, sub = await client(url, "pub"), await client(url, "sub")
+            handler = next(h for h in broker.handlers if h.client_id == "sub")
+            before = handler.transport.get_extra_info("peername")
+            await pubsub(pub, sub, 1, 10)
+            await relay.rebind()
+            await pubsub(pub, sub, 1, 10)
+            after = handler.transport.get_extra_info("peername")
+            assert after != before  # the same connection, moved
+            assert handler in broker.handlers
+            await pub.disconnect()
+            await sub.disconnect()
+
+    run(main())
+
+
+# --- DTLS -----------------------------------------------------------------------------------------
+
+
+def test_dtls_psk_identity_is_the_user_name(psk_file: Path, tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("user alice\ntopic readwrite alice/#\ntopic readwrite e2e/#\n")
+
+    async def main() -> None:
+        listener = dtls_listener(psk_file=str(psk_file), acl_file=str(acl))
+        async with broker_with(listener) as broker:
+            url = f"mqtts-dtls://127.0.0.1:{broker.ports[0]}"
+            alice = await client(url, "a", dtls={"psk_identity": "alice", "psk": PSK_KEY})
+            handler = next(h for h in broker.handlers if h.client_id == "a")
+            assert handler.username == "alice"
+            for qos in (0, 1, 2):
+                sub = await client(url, f"s{qos}", dtls={"psk_identity": "alice", "psk": PSK_KEY})
+                await pubsub(alice, sub, qos, 20)
+                await sub.disconnect()
+            refused = await alice.subscribe("bob/#", qos=1)
+            assert refused[0] == 0x87  # the ACL applies to the PSK identity
+            await alice.disconnect()
+            with pytest.raises(TlsError):
+                await client(url, "x", dtls={"psk_identity": "alice", "psk": "ff" * 16})
+            with pytest.raises(TlsError):
+                await client(url, "y", dtls={"psk_identity": "mallory", "psk": PSK_KEY})
+
+    run(main())
+
+
+def test_dtls_with_certificates(certs: Certs) -> None:
+    async def main() -> None:
+        listener = dtls_listener(
+            certfile=str(certs.server),
+            keyfile=str(certs.server),
+            cafile=str(certs.ca_file),
+            require_certificate=True,
+        )
+        async with broker_with(listener) as broker:
+            url = f"mqtts-dtls://127.0.0.1:{broker.ports[0]}"
+            mutual = {"ca_file": str(certs.ca_file), "cert_file": str(certs.client)}
+            one = await client(url, "one", dtls=mutual | {"key_file": str(certs.client)})
+            handler = next(h for h in broker.handlers if h.client_id == "one")
+            assert handler.username == "client-one"
+            two = await client(url, "two", dtls=mutual | {"key_file": str(certs.client)})
+            await pubsub(one, two, 1, 30, size=3000)
+            await one.disconnect()
+            await two.disconnect()
+            with pytest.raises(TlsError):  # no client certificate
+                await client(url, "anon", dtls={"ca_file": str(certs.ca_file)})
+            with pytest.raises(TlsError):  # a server we do not trust
+                await client(url, "wary", dtls={"ca_file": str(certs.other_ca_file)})
+
+    run(main())
+
+
+def test_dtls_session_survives_rebinding_with_a_new_handshake(psk_file: Path) -> None:
+    async def main() -> None:
+        listener = dtls_listener(psk_file=str(psk_file), rto_min=0.05)
+        async with broker_with(listener) as broker, relayed(broker.ports[0]) as (relay, port):
+            url = f"mqtts-dtls://127.0.0.1:{port}"
+            keys = {"psk_identity": "bob", "psk": "ab" * 16}
+            pub, sub = await client(url, "pub", dtls=keys), await client(url, "sub", dtls=keys)
+            handler = next(h for h in broker.handlers if h.client_id == "sub")
+            before = handler.transport.get_extra_info("peername")
+            await pubsub(pub, sub, 1, 5)
+            await relay.rebind()
+            await pubsub(pub, sub, 1, 5)
+            assert handler.transport.get_extra_info("peername") != before
+            assert handler in broker.handlers and handler.username == "bob"
+            await pub.disconnect()
+            await sub.disconnect()
+
+    run(main(), 60)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def _cli(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mqttv5", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
+def test_cli_pub_sub_over_udp_and_dtls(psk_file: Path) -> None:
+    async def main() -> None:
+        listeners = (udp_listener(), dtls_listener(psk_file=str(psk_file)))
+        async with broker_with(*listeners) as broker:
+            udp, dtls = broker.ports
+            for url, extra in (
+                (f"mqtt-udp://127.0.0.1:{udp}/cli/t", []),
+                (
+                    f"mqtts-dtls://127.0.0.1:{dtls}/cli/t",
+                    ["--psk-identity", "bob", "--psk", "ab" * 16],
+                ),
+            ):
+                sub = _cli("sub", "-L", url, "-q", "1", "-C", "1", *extra)
+                await asyncio.sleep(1.0)  # let it subscribe
+                pub = _cli("pub", "-L", url, "-q", "1", "-m", "hello", *extra)
+                out, err = await asyncio.to_thread(pub.communicate, timeout=timeout(15))
+                assert pub.returncode == 0, err
+                out, err = await asyncio.to_thread(sub.communicate, timeout=timeout(15))
+                assert sub.returncode == 0, err
+                assert out == b"hello\n"
+
+    run(main(), 60)
+
+
+def test_broker_flags_open_udp_and_dtls_listeners(psk_file: Path) -> None:
+    from mqttv5.broker.config import config_from_args
+    from mqttv5.cli.broker import build_parser
+
+    args = build_parser().parse_args(
+        ["--udp-port", "1999", "--dtls-port", "2999", "--psk-file", str(psk_file)]
+    )
+    config = config_from_args(args)
+    kinds = {(lis.type, lis.port, lis.psk_file) for lis in config.listeners}
+    assert ("udp", 1999, None) in kinds
+    assert ("dtls", 2999, str(psk_file)) in kinds
+
+
+# --- interop and configuration errors ----------------------------------------------------------
+
+
+async def _s_client(port: int, *args: str) -> str:
+    """``openssl s_client -dtls1_2`` to the broker: its output once the handshake is done."""
+    process = await asyncio.create_subprocess_exec(
+        "openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}", *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
+    output = b""
+    try:
+        async with asyncio.timeout(timeout(10)):
+            while b"Verify return code" not in output and b"---\n" not in output[-200:]:
+                chunk = await process.stdout.read(4096)
+                if not chunk:
+                    break
+                output += chunk
+            while b"Cipher is" not in output:
+                chunk = await process.stdout.read(4096)
+                if not chunk:
+                    break
+                output += chunk
+            process.stdin.close()  # close_notify, then exit
+            output += await process.stdout.read()
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return output.decode(errors="replace")
+
+
+@pytest.mark.interop
+def test_openssl_s_client_handshakes_with_the_dtls_listener(psk_file: Path, certs: Certs) -> None:
+    async def main() -> None:
+        listener = dtls_listener(
+            psk_file=str(psk_file), certfile=str(certs.server), keyfile=str(certs.server)
+        )
+        async with broker_with(listener) as broker:
+            port = broker.ports[0]
+            out = await _s_client(port, "-psk_identity", "alice", "-psk", PSK_KEY)
+            assert "Cipher is" in out and "PSK" in out, out
+            out = await _s_client(port, "-CAfile", str(certs.ca_file), "-verify_return_error")
+            assert "Verify return code: 0 (ok)" in out, out
+            assert "Cipher is ECDHE-" in out, out
+            await pubsub_still_works(broker.ports[0])
+
+    run(main())
+
+
+async def pubsub_still_works(port: int) -> None:
+    keys = {"psk_identity": "alice", "psk": PSK_KEY}
+    url = f"mqtts-dtls://127.0.0.1:{port}"
+    pub, sub = await client(url, "p", dtls=keys), await client(url, "s", dtls=keys)
+    await pubsub(pub, sub, 1, 5)
+    await pub.disconnect()
+    await sub.disconnect()
+
+
+def test_a_bad_psk_file_stops_start_up(tmp_path: Path) -> None:
+    bad = tmp_path / "psk"
+    bad.write_text("alice:00112233\nbob:not-hex\n")
+
+    async def main() -> None:
+        with pytest.raises(ConfigError) as caught:
+            async with broker_with(dtls_listener(psk_file=str(bad))):
+                pass
+        assert caught.value.key == "psk_file"
+        assert f"{bad}:2" in str(caught.value)
+
+    run(main())
