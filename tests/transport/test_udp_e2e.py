@@ -469,3 +469,34 @@ def test_a_bad_psk_file_stops_start_up(tmp_path: Path) -> None:
         assert f"{bad}:2" in str(caught.value)
 
     run(main())
+
+
+def test_udp_and_dtls_on_uvloop(psk_file: Path) -> None:
+    """The broker runs on uvloop by default (`mqttv5 broker`): its timer handles differ."""
+    import uvloop
+
+    async def main() -> None:
+        listeners = (udp_listener(rto_min=0.02), dtls_listener(psk_file=str(psk_file)))
+        async with broker_with(*listeners) as broker:
+            udp, dtls = broker.ports
+            async with relayed(udp, loss=0.05) as (relay, port):
+                slow = {"connect_timeout": timeout(20)}
+                url = f"mqtt-udp://127.0.0.1:{port}"
+                pub, sub = await client(url, "pub", **slow), await client(url, "sub", **slow)
+                await pubsub(pub, sub, 1, 200)
+                await pub.disconnect()
+                await sub.disconnect()
+            assert relay.dropped > 0
+            keys = {"psk_identity": "bob", "psk": "ab" * 16}
+            url = f"mqtts-dtls://127.0.0.1:{dtls}"
+            pub, sub = await client(url, "p", dtls=keys), await client(url, "s", dtls=keys)
+            await pubsub(pub, sub, 2, 50)
+            await pub.disconnect()
+            await sub.disconnect()
+
+    async def bounded() -> None:
+        async with asyncio.timeout(timeout(60)):
+            await main()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(bounded())

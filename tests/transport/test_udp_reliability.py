@@ -112,6 +112,25 @@ class TestDelivery:
         assert net.server_messages == up
         assert net.client_messages == down
 
+    def test_a_paused_reader_slows_the_sender_to_probes_and_loses_nothing(self) -> None:
+        net = SimNetwork(seed=5, link=Link())
+        server = net.connect()
+        server.pause_receiving(True)
+        payloads = messages(400)
+        for m in payloads:
+            net.client.send(m)
+        server.send(b"our own data still flows")
+        net.run_for(3.0)
+        arrived = len(net.server_messages)
+        # a zero window: what was in flight, then one probe segment per round trip (50 ms)
+        assert arrived < 120
+        assert net.client_messages == [b"our own data still flows"]
+        assert net.client.buffered_bytes() > 0  # the sender holds the rest
+        server.pause_receiving(False)
+        net.run(lambda: len(net.server_messages) == 400, 300)
+        assert net.server_messages == payloads
+        assert net.client_terminated is None and net.server_terminated is None
+
     def test_duplication_and_heavy_reordering(self) -> None:
         net = SimNetwork(seed=8, link=Link(duplicate=0.3, jitter=0.2))  # jitter >> RTT
         server = net.connect()

@@ -224,7 +224,9 @@ class MqttClient(ClientCore):
         Args:
             url: ``mqtt://host:port`` (``tcp://`` alike), ``mqtts://host:8883`` (TLS, see
                 :meth:`set_tls_config`), ``ws://host:8080/mqtt`` or ``wss://host:8443/mqtt``
-                (WebSocket), or a coroutine function returning a
+                (WebSocket), ``mqtt-udp://host:1884`` (UDP with a reliability layer) or
+                ``mqtts-dtls://host:8884`` (DTLS, see :meth:`set_dtls_config`), or a coroutine
+                function returning a
                 :class:`~mqttv5.transport.Stream`.
             options: CONNECT options (default: those given to the constructor).
 

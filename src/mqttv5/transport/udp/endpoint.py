@@ -96,7 +96,8 @@ class ReliableTransport(asyncio.Transport):
         self._high = _HIGH_WATER
         self._low = _HIGH_WATER // 4
         self._write_paused = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0  # uvloop's handle for a deadline already past has no when()
         self._busy = False
         self._again = False
         self._close_deadline: asyncio.TimerHandle | None = None
@@ -146,14 +147,17 @@ class ReliableTransport(asyncio.Transport):
         return self._closing or self._finished
 
     def pause_reading(self) -> None:
-        """Hold received messages until :meth:`resume_reading`."""
+        """Take no new messages until :meth:`resume_reading`: the connection drops new DATA
+        unacknowledged (the peer retransmits later); what arrived meanwhile is held here."""
         self._reading = False
+        self.conn.pause_receiving(True)
 
     def resume_reading(self) -> None:
         """Deliver the held messages and go on delivering."""
         if self._reading:
             return
         self._reading = True
+        self.conn.pause_receiving(False)
         held, self._held = self._held, []
         for data in held:
             if self._finished or not self._reading:
@@ -257,9 +261,10 @@ class ReliableTransport(asyncio.Transport):
                 self._timer = None
             return
         if timer is not None:
-            if timer.when() == deadline:
+            if self._timer_at == deadline:
                 return
             timer.cancel()
+        self._timer_at = deadline
         self._timer = self._endpoint.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:

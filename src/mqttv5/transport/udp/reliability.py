@@ -259,6 +259,7 @@ class ReliableConnection:
             max_window=max(2 * settings.receive_window, INITIAL_WINDOW),
         )
         self._suspect = False
+        self._receiving_paused = False
         # receive side
         self._recv = ReceiveBuffer(settings.receive_window, settings.max_message_size)
         self._ack_needed = False
@@ -378,6 +379,20 @@ class ReliableConnection:
     def buffered_bytes(self) -> int:
         """Message bytes queued or sent and not yet acknowledged (for backpressure)."""
         return self._queue.pending_bytes + self._recovery.unacked_bytes
+
+    def pause_receiving(self, paused: bool) -> None:
+        """Ask the peer to stop (``True``) or resume sending, for the reader's flow control.
+
+        While paused, our ACKs advertise a zero window, so the peer sends only what was in
+        flight and then one probe segment per acknowledgement (TCP's zero window, with the
+        probe built into the sender: no window update can deadlock). Segments that arrive are
+        still acknowledged and delivered; the caller holds them. Resuming sends the window
+        update at once.
+        """
+        if self._receiving_paused and not paused:
+            self._ack_needed = True
+            self._ack_at = 0.0  # the window update goes out with the next datagrams_to_send()
+        self._receiving_paused = paused
 
     def set_idle_timeout(self, seconds: float) -> None:
         """Change the idle timeout (the broker raises it to at least 1.5 x MQTT Keep Alive).
@@ -517,10 +532,10 @@ class ReliableConnection:
         limit = min(255, (self._budget - ACK_HEADER_SIZE) // ACK_BLOCK_SIZE)
         recv = self._recv
         delay = now - self._largest_at if self._largest_seq >= 0 else 0.0
-        # The advertised window is constant: delivered messages leave the buffer at once.
-        datagram = encode_ack(
-            cid, recv.next_seq, self.settings.receive_window, delay, recv.sack_blocks(limit)
-        )
+        # Delivered messages leave the buffer at once, so the window is constant, except
+        # that a paused reader advertises none.
+        window = 0 if self._receiving_paused else self.settings.receive_window
+        datagram = encode_ack(cid, recv.next_seq, window, delay, recv.sack_blocks(limit))
         self._ack_needed = False
         self._ack_count = 0
         self._ack_at = None
