@@ -287,6 +287,31 @@ class ReliableTransport(asyncio.Transport):
         self._protocol.connection_lost(exc)
 
 
+class _Timer:
+    """One re-armable loop timer (a DTLS layer's handshake deadline)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._handle: asyncio.Handle | None = None
+
+    def set(self, deadline: float | None) -> None:
+        """Fire at ``deadline`` (loop time) instead of any earlier setting; None: never."""
+        self.cancel()
+        if deadline is not None:
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def cancel(self) -> None:
+        """Do not fire."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._callback()
+
+
 # --- server ------------------------------------------------------------------------------------
 
 
@@ -331,7 +356,7 @@ class UdpServerEndpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._by_conn: dict[ReliableConnection, ReliableTransport] = {}
         self._identities: dict[Hashable, dict[str, Any] | None] = {}
-        self._dtls_timer: asyncio.TimerHandle | None = None
+        self._dtls_timer = _Timer(self.loop, self._on_dtls_timer)
         self._closed: asyncio.Future[None] = self.loop.create_future()
 
     # --- asyncio.DatagramProtocol ---------------------------------------------------------------
@@ -361,8 +386,7 @@ class UdpServerEndpoint(asyncio.DatagramProtocol):
         """The socket is closed: every connection ends."""
         for transport in list(self._by_conn.values()):
             transport._finish(exc if exc is not None else ConnectionResetError("listener closed"))
-        if self._dtls_timer is not None:
-            self._dtls_timer.cancel()
+        self._dtls_timer.cancel()
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -438,15 +462,9 @@ class UdpServerEndpoint(asyncio.DatagramProtocol):
         if self.transport is not None:
             for datagram, addr in dtls.datagrams_to_send():
                 self.transport.sendto(datagram, cast(Any, addr))
-        deadline = dtls.get_timer()
-        if self._dtls_timer is not None:
-            self._dtls_timer.cancel()
-            self._dtls_timer = None
-        if deadline is not None:
-            self._dtls_timer = self.loop.call_at(deadline, self._on_dtls_timer)
+        self._dtls_timer.set(dtls.get_timer())
 
     def _on_dtls_timer(self) -> None:
-        self._dtls_timer = None
         if self.dtls is not None:
             self.dtls.handle_timer(self.loop.time())
             self._after_dtls()
@@ -559,7 +577,7 @@ class UdpClientEndpoint(asyncio.DatagramProtocol):
         self.reliable: ReliableTransport | None = None
         self.stream_protocol = _StreamProtocol(_READ_LIMIT)
         self.ready: asyncio.Future[None] = self.loop.create_future()
-        self._dtls_timer: asyncio.TimerHandle | None = None
+        self._dtls_timer = _Timer(self.loop, self._on_dtls_timer)
         self._resuming = False
         self.peer_certificate: dict[str, Any] | None = None
 
@@ -613,8 +631,7 @@ class UdpClientEndpoint(asyncio.DatagramProtocol):
         """The socket closed."""
         if self.reliable is not None:
             self.reliable._finish(exc)
-        if self._dtls_timer is not None:
-            self._dtls_timer.cancel()
+        self._dtls_timer.cancel()
         if not self.ready.done():
             self.ready.set_exception(TransportError(self.address, "socket closed"))
 
@@ -645,15 +662,9 @@ class UdpClientEndpoint(asyncio.DatagramProtocol):
         if self.transport is not None and not self.transport.is_closing():
             for datagram in dtls.datagrams_to_send():
                 self.transport.sendto(datagram)
-        if self._dtls_timer is not None:
-            self._dtls_timer.cancel()
-            self._dtls_timer = None
-        deadline = dtls.get_timer()
-        if deadline is not None:
-            self._dtls_timer = self.loop.call_at(deadline, self._on_dtls_timer)
+        self._dtls_timer.set(dtls.get_timer())
 
     def _on_dtls_timer(self) -> None:
-        self._dtls_timer = None
         if self.dtls is not None:
             self.dtls.handle_timer(self.loop.time())
             self._after_dtls()
