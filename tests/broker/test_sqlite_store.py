@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -18,7 +19,7 @@ import pytest
 
 from mqttv5.broker.message import BrokerMessage, Delivery
 from mqttv5.broker.sessions import SubEntry
-from mqttv5.broker.storage import StorageError, StoredSession
+from mqttv5.broker.storage import StorageError, StoredSession, StoredState
 from mqttv5.broker.storage.sqlite import SCHEMA_VERSION, SqliteStore
 from mqttv5.protocol.packets import Connack, Connect, PubAck, PubComp, Publish, PubRec, PubRel, Will
 from mqttv5.protocol.properties import Properties
@@ -88,6 +89,28 @@ class TestStoreFile:
         }  # fmt: skip
         assert store.check() == []
 
+    @pytest.mark.parametrize("sync", ["NORMAL", "FULL"])
+    def test_message_saved_again_after_its_row_was_deleted_in_the_same_batch(
+        self, tmp_path: Path, sync: str
+    ) -> None:
+        # e.g. a shared-subscription message handed to another member as its session ends
+        store = SqliteStore(str(tmp_path), sync)
+        msg = BrokerMessage("t", b"x", 1, False)
+        store.add_delivery("a", Delivery(msg, 1, False), None)
+        store.commit()
+        store.delivery_dropped("a", msg.id)  # last reference: the row is deleted...
+        store.add_delivery("b", Delivery(msg, 1, False), None)  # ...and needed again
+        store.save_session(StoredSession("b", 60, None))
+        store.commit()
+        store.close()
+        store = SqliteStore(str(tmp_path))
+        (session,) = store.load().sessions
+        assert [d.delivery.message.payload for d in session.deliveries] == [b"x"]
+        assert store.counts()["messages"] == 1
+        assert store.counts()["deliveries"] == 1
+        assert store.check() == []
+        store.close()
+
     def test_replaced_retained_message_is_deleted(self, tmp_path: Path) -> None:
         store = SqliteStore(str(tmp_path))
         store.save_retained(BrokerMessage("r", b"1", 0, True))
@@ -129,7 +152,7 @@ class TestStoreFile:
             SqliteStore(str(broken))
         assert (broken / "mqttv5.db").read_bytes() == garbage
 
-    def test_failed_commit_fails_the_ticket_and_is_retried(self, tmp_path: Path) -> None:
+    def test_failed_commit_keeps_the_ticket_pending_and_is_retried(self, tmp_path: Path) -> None:
         store = SqliteStore(str(tmp_path))
         store.save_retained(BrokerMessage("r", b"1", 0, True))
         lock = sqlite3.connect(tmp_path / "mqttv5.db", timeout=0)
@@ -137,14 +160,16 @@ class TestStoreFile:
         store._db.execute("PRAGMA busy_timeout = 0")
         ticket = store.ticket()
         store.commit()
-        assert ticket.error is not None
+        assert not ticket.done  # not durable yet: its acknowledgements wait
+        assert store.failed is not None
         assert store.pending  # kept for the next commit
+        assert not store.writable()  # within the retry interval: no new try
         lock.execute("ROLLBACK")
         lock.close()
-        retry = store.ticket()
-        store.commit()
-        assert retry.done
-        assert retry.error is None
+        time.sleep(0.25)
+        assert store.writable()  # retried now, and it worked
+        assert ticket.done
+        assert ticket.error is None
         assert store.counts()["retained"] == 1
 
 
@@ -250,12 +275,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_broker(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+def _start_broker(port: int, data_dir: Path, sync: str = "normal") -> subprocess.Popen[bytes]:
     log_path = data_dir.parent / "broker.log"
+    config = data_dir.parent / "broker.toml"
+    config.write_text(f'storage_sync = "{sync}"\n')
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mqttv5", "broker", "--port", str(port), "--bind", "127.0.0.1",
-             "--storage", "sqlite", "--data-dir", str(data_dir), "--sys-interval", "0"],
+            [sys.executable, "-m", "mqttv5", "broker", "-c", str(config), "--port", str(port),
+             "--bind", "127.0.0.1", "--storage", "sqlite", "--data-dir", str(data_dir),
+             "--sys-interval", "0"],
             stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     deadline = time.monotonic() + timeout(15)
@@ -303,14 +331,38 @@ async def _load_until_killed(
     return acked
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _gone(pid: int, within: float) -> bool:
+    """True once process ``pid`` has exited (reaped or a zombie) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("qos", "kill_after"), [(1, 150), (1, 400), (2, 200)])
+@pytest.mark.parametrize(
+    ("qos", "kill_after", "sync"),
+    [(1, 150, "normal"), (1, 400, "normal"), (2, 200, "normal"), (1, 150, "full"),
+     (2, 150, "full")],
+)  # fmt: skip
 def test_sigkill_mid_load_loses_no_acknowledged_message(
-    tmp_path: Path, qos: int, kill_after: int
+    tmp_path: Path, qos: int, kill_after: int, sync: str
 ) -> None:
     port = _free_port()
     data = tmp_path / "data"
-    proc = _start_broker(port, data)
+    proc = _start_broker(port, data, sync)
     try:
 
         async def subscribe_then_leave() -> None:
@@ -319,10 +371,14 @@ def test_sigkill_mid_load_loses_no_acknowledged_message(
             await sub.disconnect()
 
         run(subscribe_then_leave())
+        writers = _children(proc.pid)  # the writer process of "full"
+        assert len(writers) == (1 if sync == "full" else 0)
         acked = run(_load_until_killed(port, proc, qos, kill_after))
         proc.wait(timeout=10)
         assert len(acked) >= kill_after
-        proc = _start_broker(port, data)
+        for writer in writers:  # it notices its socket closing and exits: no leak
+            assert _gone(writer, timeout(5)), f"writer process {writer} outlived the broker"
+        proc = _start_broker(port, data, sync)
 
         async def collect() -> list[int]:
             sub = await RawClient.connect(port, "offline-sub", clean_start=False, properties=KEEP)
@@ -400,17 +456,14 @@ def test_storage_command_check_compact_stats(tmp_path: Path) -> None:
 
 
 class TestSchemaVersions:
-    """One checked-in data file per schema version, loaded (and migrated) by today's code.
+    """One checked-in data file per schema version, loaded (and upgraded) by today's code.
 
-    ``fixtures/store-v1.db`` was written by schema 1 (see the fixture's README line below);
-    a future schema adds ``store-v2.db`` and its migration is tested here the same way.
+    See ``fixtures/README.md``: every file holds the same state; a future schema adds
+    ``store-v3.db`` and tests the upgrade from each older file the same way.
     """
 
-    def test_schema_1_data_file_loads(self, tmp_path: Path) -> None:
-        import shutil
-
-        shutil.copy(Path(__file__).parent / "fixtures" / "store-v1.db", tmp_path / "mqttv5.db")
-        state = SqliteStore(str(tmp_path)).load()
+    @staticmethod
+    def _assert_fixture_state(state: StoredState) -> None:
         (session,) = state.sessions
         assert (session.client_id, session.expiry_interval, session.username) == (
             "fixture-client", 86400, "alice",
@@ -429,11 +482,55 @@ class TestSchemaVersions:
         assert session.incoming_qos2 == [77]
         assert [r.topic for r in state.retained] == ["status/broker"]
 
+    @pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+    def test_data_file_of_each_schema_loads(self, tmp_path: Path, version: int) -> None:
+        fixture = Path(__file__).parent / "fixtures" / f"store-v{version}.db"
+        shutil.copy(fixture, tmp_path / "mqttv5.db")
+        store = SqliteStore(str(tmp_path))
+        self._assert_fixture_state(store.load())
+        assert store.check() == []
+        store.close()
+        db = sqlite3.connect(tmp_path / "mqttv5.db")
+        (stored_version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        db.close()
+        assert int(stored_version[0]) == SCHEMA_VERSION  # upgraded in place
+        self._assert_fixture_state(SqliteStore(str(tmp_path)).load())  # and stays readable
+
+    def test_schema_2_has_no_secondary_index(self, tmp_path: Path) -> None:
+        shutil.copy(Path(__file__).parent / "fixtures" / "store-v1.db", tmp_path / "mqttv5.db")
+        SqliteStore(str(tmp_path)).close()
+        db = sqlite3.connect(tmp_path / "mqttv5.db")
+        indexes = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+        ).fetchall()
+        tables = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+        db.close()
+        assert indexes == []  # one b-tree per delivery written, not four
+        for table in ("deliveries", "retained", "subscriptions", "incoming_qos2"):
+            assert tables[table].endswith("WITHOUT ROWID")
+
+    def test_failed_upgrade_leaves_the_file_as_it_was(self, tmp_path: Path) -> None:
+        shutil.copy(Path(__file__).parent / "fixtures" / "store-v1.db", tmp_path / "mqttv5.db")
+        before = (tmp_path / "mqttv5.db").read_bytes()
+        lock = sqlite3.connect(tmp_path / "mqttv5.db", timeout=0)
+        lock.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StorageError, match="cannot upgrade schema version 1 to"):
+            SqliteStore(str(tmp_path))
+        lock.execute("ROLLBACK")
+        lock.close()
+        assert (tmp_path / "mqttv5.db").read_bytes() == before
+
 
 class TestStorageFailure:
-    def test_failing_disk_refuses_qos1_keeps_qos0_and_recovers(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("sync", ["normal", "full"])
+    def test_failing_disk_refuses_qos1_keeps_qos0_and_recovers(
+        self, tmp_path: Path, sync: str
+    ) -> None:
+        """A message is either accepted (routed; PUBACK once stored, however late) or refused
+        with 0x97 before routing: then neither delivered nor stored."""
+
         async def main() -> None:
-            async with started_broker(**_sqlite(tmp_path)) as b:
+            async with started_broker(**_sqlite(tmp_path), storage_sync=sync) as b:
                 sub = await RawClient.connect(b.ports[0], "keeper", properties=KEEP)
                 await sub.subscribe("disk/#", qos=1)
                 await sub.disconnect()
@@ -443,17 +540,27 @@ class TestStorageFailure:
                 # another process takes the database: every commit now fails (as on a full disk)
                 lock = sqlite3.connect(tmp_path / "data" / "mqttv5.db", timeout=0)
                 lock.execute("BEGIN EXCLUSIVE")
-                ack = await pub.publish("disk/a", b"kept?", qos=1)
+                # routed before the failure is known: accepted, its PUBACK waits for the disk
+                pub.send(Publish("disk/a", b"accepted", 1, packet_id=1))
+                assert (await live.expect(Publish)).payload == b"accepted"
+                await pub.nothing(0.4)
+                # the failure is known: refused before routing, so not delivered, not stored
+                ack = await pub.publish("disk/b", b"refused", qos=1, packet_id=2)
                 assert isinstance(ack, PubAck)
                 assert ack.reason_code == 0x97  # Quota exceeded: not stored, so not promised
-                assert (await live.expect(Publish)).payload == b"kept?"
-                await pub.publish("disk/b", b"qos0 still flows")
+                await pub.publish("disk/c", b"qos0 still flows")
                 assert (await live.expect(Publish)).payload == b"qos0 still flows"
                 lock.execute("ROLLBACK")
                 lock.close()
-                ack = await pub.publish("disk/c", b"stored", qos=1, packet_id=2)
-                assert isinstance(ack, PubAck)
-                assert ack.reason_code == 0
+                await asyncio.sleep(0.3)  # the next try comes with the next message
+                pub.send(Publish("disk/d", b"stored", 1, packet_id=3))
+                acks = [await pub.expect(PubAck), await pub.expect(PubAck)]
+                assert [(a.packet_id, a.reason_code) for a in acks] == [(1, 0), (3, 0)]
+                assert [(await live.expect(Publish)).payload] == [b"stored"]
+                await live.nothing()
+
+        async def after_restart() -> None:
+            async with started_broker(**_sqlite(tmp_path), storage_sync=sync) as b:
                 sub = await RawClient.connect(
                     b.ports[0], "keeper", clean_start=False, properties=KEEP
                 )
@@ -465,6 +572,27 @@ class TestStorageFailure:
                         break
                     got.append(p.payload)
                     sub.send(PubAck(p.packet_id))
-                assert b"stored" in got
+                assert got == [b"accepted", b"stored"]
+
+        run(main())
+        run(after_restart())
+
+    def test_refused_qos2_is_not_forwarded_and_311_is_disconnected(self, tmp_path: Path) -> None:
+        async def main() -> None:
+            async with started_broker(**_sqlite(tmp_path)) as b:
+                sub = await RawClient.connect(b.ports[0], "keeper", properties=KEEP)
+                await sub.subscribe("disk/#", qos=2)
+                b.store.failed = StorageError("disk full")  # as after a failed commit
+                b.store._probed = time.monotonic() + 60  # and no retry due for a minute
+                pub = await RawClient.connect(b.ports[0], "pub")
+                pub.send(Publish("disk/q2", b"x", 2, packet_id=5))
+                rec = await pub.expect(PubRec)
+                assert rec.reason_code == 0x97  # the flow ends here [MQTT-4.3.3]
+                await sub.nothing()
+                old = await RawClient.connect(b.ports[0], "old", version=4)
+                old.send(Publish("disk/q1", b"y", 1, packet_id=1))
+                await old.closed()  # MQTT 3.1.1 cannot refuse a PUBLISH: the broker disconnects
+                await pub.publish("disk/q0", b"z")
+                assert (await sub.expect(Publish)).payload == b"z"  # QoS 0 still flows
 
         run(main())

@@ -49,6 +49,7 @@ from .router import Router
 from .security import Security
 from .sessions import EXPIRY_NEVER, Session, SessionRegistry, SubEntry
 from .storage import MemoryStore, SessionStore, StorageError, StoredSession, StoredState
+from .storage.gate import OutputGate
 from .storage.sqlite import SqliteStore
 from .sys_topics import SysPublisher
 from .tls import (
@@ -128,6 +129,7 @@ class MqttBroker:
         self.metrics_server: MetricsServer | None = None
         self._all_gone: asyncio.Event | None = None
         self.persisted = 0  # writes of deliveries to the store: a PUBACK must wait for them
+        self.output_gate = OutputGate()  # output waits for the commit that covers it
         self.reloads = ReloadRegistry()
         self.reloads.register("core", self._reload_core)
         self.reloads.register("security", self.security.reload)
@@ -324,8 +326,7 @@ class MqttBroker:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         await self._close_listeners()
-        if self.store.pending:
-            self.store.commit()
+        self.store.commit()  # and wait for a commit in flight: output below is sent at once
         for handler in list(self.handlers):
             if handler.accepted and handler.version == 5 and not handler.conn.close_expected():
                 with contextlib.suppress(Exception):
@@ -460,8 +461,8 @@ class MqttBroker:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self.store.pending:
-            self.store.commit()  # group commit: one transaction per loop tick
+        # group commit: one transaction per loop tick, and its output waits until it is durable
+        self.output_gate.wait_for(self.store.commit_soon())
         dirty = self._dirty
         self._dirty = set()
         for handler in dirty:
@@ -642,8 +643,7 @@ class MqttBroker:
         if old.version == 5 and not old.conn.close_expected():
             with contextlib.suppress(Exception):
                 old.conn.send(Disconnect(_RC.SESSION_TAKEN_OVER))  # [MQTT-3.1.4-3]
-        if self.store.pending:
-            self.store.commit()  # nothing reaches a socket before the commit that covers it
+        self.store.commit()  # nothing reaches a socket before the commit that covers it
         old.flush()
         old.abort()  # do not wait for a full send buffer to drain
         # The old connection ended without DISCONNECT: its Will follows the spec's rules.

@@ -14,7 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from mqttv5.protocol.connection import SERVER, Closed, Connection, Event
@@ -200,6 +200,7 @@ class ClientHandler(asyncio.Protocol):
             if isinstance(event, Closed):
                 self._on_closed(event)
         self.broker.handler_closed(self)
+        self.broker.output_gate.forget(self)
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -216,15 +217,20 @@ class ClientHandler(asyncio.Protocol):
     # output
 
     def flush(self) -> None:
-        """Write everything the connection has queued, in one ``writelines``."""
+        """Write everything the connection has queued, in one ``writelines``, once the
+        commit that covers it is durable (at once unless a writer process commits)."""
+        conn = self.conn
+        self.broker.output_gate.send(self, conn.data_to_send(), conn.close_expected())
+
+    def write_output(self, data: Sequence[bytes], close_if_over: bool = True) -> None:
+        """Write ``data`` now, and close the transport if the connection is over."""
         transport = self.transport
-        data = self.conn.data_to_send()
         if transport is None:
             return
         if data:
             transport.writelines(data)
             self.broker.counters.bytes_sent += sum(map(len, data))
-        if self.conn.close_expected() and not self.closing:
+        if close_if_over and self.conn.close_expected() and not self.closing:
             self.closing = True
             transport.close()
 
@@ -480,6 +486,16 @@ class ClientHandler(asyncio.Protocol):
             )
         ):
             code = _RC.QUOTA_EXCEEDED  # max_retained_messages/bytes: refused whole (limits.py)
+        if (
+            qos
+            and code == _RC.SUCCESS
+            and not broker.store.writable()
+            and self._needs_store(packet)
+        ):  # storage fails: refused before routing, so neither delivered nor stored
+            if self.version != 5:
+                self.conn.fail(_RC.UNSPECIFIED_ERROR, "storage failed")  # 3.1.1 cannot refuse
+                return
+            code = _RC.QUOTA_EXCEEDED
         must_keep = False
         if code == _RC.SUCCESS:
             if self.mount:
@@ -511,6 +527,19 @@ class ClientHandler(asyncio.Protocol):
                 return
             self.conn.ack(pid, code)
 
+    def _needs_store(self, packet: Publish) -> bool:
+        """Would routing ``packet`` write to storage? (Asked only while storage fails.)"""
+        broker = self.broker
+        session = self.session
+        if packet.retain and broker.config.retain_available:
+            return True
+        if packet.qos == 2 and session is not None and session.expiry_interval:
+            return True  # its packet identifier is recorded
+        for _filter, _key, (target, entry) in broker.router.tree.match(self.mount + packet.topic):
+            if target.expiry_interval and entry.qos:
+                return True  # queued for, or in flight to, a session that outlives its connection
+        return False
+
     def _ack_after_commit(self, pid: int, code: ReasonCode, ticket: Any, generation: int) -> None:
         if self.transport is None or self.generation != generation:
             return  # the connection is gone: the publisher will resend
@@ -522,8 +551,16 @@ class ClientHandler(asyncio.Protocol):
                 self.conn.fail(_RC.UNSPECIFIED_ERROR, "storage failed")
                 self.broker.mark_dirty(self)
                 return
-        with contextlib.suppress(ProtocolError):
-            self.conn.ack(pid, code)
+        gate = self.broker.output_gate
+        if gate.deferring:  # a writer process: newer writes may be in flight
+            gate.wait_for(self.broker.store.commit_soon())
+            self.flush()  # what came before waits for them; the acknowledgement need not
+            with contextlib.suppress(ProtocolError):
+                self.conn.ack(pid, code)
+            gate.acknowledged(self, self.conn.data_to_send())
+        else:
+            with contextlib.suppress(ProtocolError):
+                self.conn.ack(pid, code)
         self.broker.mark_dirty(self)
 
     def _on_ack_out(self, packet: PubAck | PubComp | PubRec) -> None:

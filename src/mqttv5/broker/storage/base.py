@@ -1,10 +1,11 @@
 """The storage interface (``SessionStore``) and commit tickets.
 
-Writes are buffered and made durable together by :meth:`SessionStore.commit`, which the broker
-calls once per event-loop tick (group commit). :meth:`SessionStore.ticket` returns the ticket of
-the writes made so far: the broker defers a PUBACK/PUBREC until the ticket of the write holding
-its message is done. Times handed to a store are the broker's loop clock; the store converts them
-to wall-clock time with :attr:`SessionStore.clock_offset` so expiry survives a restart.
+Writes are buffered and made durable together by :meth:`SessionStore.commit_soon`, which the
+broker calls once per event-loop tick (group commit). :meth:`SessionStore.ticket` returns the
+ticket of the writes made so far: the broker defers a PUBACK/PUBREC until the ticket of the
+write holding its message is done. Times handed to a store are the broker's loop clock; the
+store converts them to wall-clock time with :attr:`SessionStore.clock_offset` so expiry
+survives a restart.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class SessionStore(Protocol):
 
     durable: bool
     clock_offset: float  # wall clock minus the broker's loop clock
+    failed: BaseException | None  # the last commit's error while writes fail, else None
 
     def load(self) -> StoredState:
         """Everything stored, read once at start-up."""
@@ -159,6 +161,11 @@ class SessionStore(Protocol):
         """Record (PUBREC sent) or forget (PUBREL received) an incoming QoS 2 identifier."""
         ...
 
+    def writable(self) -> bool:
+        """False while writes fail; the broker then refuses (0x97), before routing them, the
+        QoS 1/2 messages that would need storage. May retry a commit to find out."""
+        ...
+
     @property
     def pending(self) -> bool:
         """True when writes wait for :meth:`commit`."""
@@ -168,8 +175,19 @@ class SessionStore(Protocol):
         """The ticket of every write made so far."""
         ...
 
+    def commit_soon(self) -> CommitTicket:
+        """Start committing every pending write (the broker calls it once per loop tick);
+        return the ticket of the newest writes not yet durable (COMMITTED if none).
+
+        An inline store commits before returning; a store with a writer process returns at
+        once and completes the ticket when the writer reports the commit. The broker holds
+        all output until that ticket is done (:class:`~.gate.OutputGate`).
+        """
+        ...
+
     def commit(self) -> None:
-        """Make every pending write durable in one transaction and complete their tickets."""
+        """Make every pending write durable in one transaction and complete their tickets,
+        waiting for them if need be (shutdown, session takeover)."""
         ...
 
     def close(self) -> None:

@@ -16,6 +16,11 @@ class MemoryStore:
     durable = False
     clock_offset = 0.0
     pending = False
+    failed: BaseException | None = None
+
+    def writable(self) -> bool:
+        """Always."""
+        return True
 
     def load(self) -> StoredState:
         """Nothing survives a restart."""
@@ -56,6 +61,10 @@ class MemoryStore:
 
     def ticket(self) -> CommitTicket:
         """Always done."""
+        return COMMITTED
+
+    def commit_soon(self) -> CommitTicket:
+        """Nothing to commit."""
         return COMMITTED
 
     def commit(self) -> None:

@@ -1,26 +1,41 @@
 """``SqliteStore``: the embedded durable store (``--storage sqlite``, data under ``--data-dir``).
 
 SQLite in WAL mode. Writes are buffered as statements and committed together once per event-loop
-tick (group commit), inline: a WAL commit of a hundred rows takes a fraction of a millisecond,
-while a writer thread beside a busy event loop convoys on the GIL. With ``synchronous = NORMAL``
-(the default) a commit survives a crash of the broker process; ``FULL`` also survives power loss.
+tick (group commit):
+
+- ``synchronous = NORMAL`` (the default; survives a crash of the broker process): the commit
+  runs inline, where a WAL commit of a hundred rows takes a fraction of a millisecond, while a
+  writer thread beside a busy event loop convoys on the GIL. Checkpoints (copying the WAL back
+  into the database, with their fsyncs) run on a thread of their own: one SQLite call each,
+  so one GIL hand-over, not one per step.
+- ``synchronous = FULL`` (power loss too): a writer process owns the write connection
+  (:mod:`.writer`), so the fsync of each commit never stops the event loop. While it commits one
+  batch the next one collects; a batch's ticket completes when the writer reports it durable.
 
 One row per message (``messages``) and one reference row per session that still owes it
 (``deliveries``): a message's payload is stored once however many sessions wait for it, and
 deleted with its last reference (unless it is retained).
 
-Exactly once across a crash: the broker routes a QoS 2 message at once but commits before it
-writes anything to any socket (the flush of a tick starts with the commit), and sends PUBREC only
-after that commit. Killed before the commit, nothing was sent to a subscriber and the publisher
-resends; killed after it, the publisher's packet identifier is on disk and its resend is
-answered without a second delivery.
+Exactly once across a crash: the broker routes a QoS 2 message at once but holds every byte of
+output until the commit of its tick is durable (inline: the flush of a tick starts with the
+commit; writer process: :class:`~.gate.OutputGate`), and sends PUBREC only after that commit.
+Killed before the commit, nothing was sent to a subscriber and the publisher resends; killed
+after it, the publisher's packet identifier is on disk and its resend is answered without a
+second delivery.
+
+A failed commit (disk full, I/O error, a writer process that died) keeps its writes and their
+tickets: they are retried, and the acknowledgements wait for them. While writes fail,
+:meth:`SqliteStore.writable` is False and the broker refuses with 0x97, before routing them, the
+QoS 1/2 messages that would need storage: a refused message is neither delivered nor stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Final
@@ -33,78 +48,43 @@ from .. import message as message_module
 from ..message import BrokerMessage, Delivery
 from ..sessions import SubEntry
 from .base import (
+    COMMITTED,
     CommitTicket,
     StorageError,
     StoredDelivery,
     StoredSession,
     StoredState,
 )
+from .schema import APPLICATION_ID, SCHEMA, SCHEMA_VERSION, migrate
+from .writer import INSERT_MESSAGE, Statement, WriterProcess, apply_batch
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 log = logging.getLogger("mqttv5.broker")
 
-SCHEMA_VERSION: Final = 1
-APPLICATION_ID: Final = 0x4D515435  # "MQT5" in the SQLite header: not a foreign file
 DB_NAME: Final = "mqttv5.db"
+CHECKPOINT_EVERY: Final = 64  # inline commits at least between two checkpoints...
+CHECKPOINT_SECONDS: Final = 1.0  # ...and seconds at least (a page written often is copied once)
+WAL_LIMIT: Final = 64 << 20  # a WAL grown past this is truncated when it restarts
+WRITER_TIMEOUT: Final = 30.0  # a blocking commit (shutdown, takeover) waits this long at most
+RESPAWN_MIN: Final = 0.5  # seconds between two starts of a dying writer process, doubling...
+RESPAWN_MAX: Final = 10.0  # ...up to this while it keeps dying
+PROBE_INTERVAL: Final = 0.2  # while writes fail, how often a new message may try one
 
-_SCHEMA: Final = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE sessions (
-    client_id TEXT PRIMARY KEY,
-    expiry INTEGER NOT NULL,
-    disconnected_at REAL,
-    username TEXT,
-    will_topic TEXT, will_payload BLOB, will_qos INTEGER, will_retain INTEGER, will_props BLOB
-);
-CREATE TABLE subscriptions (
-    client_id TEXT NOT NULL,
-    topic_filter TEXT NOT NULL,
-    match_filter TEXT NOT NULL,
-    share_group TEXT,
-    qos INTEGER NOT NULL,
-    no_local INTEGER NOT NULL,
-    retain_as_published INTEGER NOT NULL,
-    retain_handling INTEGER NOT NULL,
-    sub_id INTEGER,
-    PRIMARY KEY (client_id, topic_filter)
-);
-CREATE TABLE messages (
-    id INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    props BLOB NOT NULL,
-    expiry_at REAL,
-    origin TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    payload_format INTEGER
-);
-CREATE TABLE retained (topic TEXT PRIMARY KEY, message_id INTEGER NOT NULL);
-CREATE INDEX retained_by_message ON retained (message_id);
-CREATE TABLE deliveries (
-    client_id TEXT NOT NULL,
-    message_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    sub_ids TEXT NOT NULL,
-    share_group TEXT,
-    share_filter TEXT,
-    packet_id INTEGER,
-    released INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (client_id, message_id)
-);
-CREATE INDEX deliveries_by_packet ON deliveries (client_id, packet_id);
-CREATE INDEX deliveries_by_message ON deliveries (message_id);
-CREATE TABLE incoming_qos2 (
-    client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id)
-);
-"""
-
-
-Statement = tuple[str, tuple[Any, ...]]
+_SESSION: Final = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?)"
+_SUBSCRIPTION: Final = "INSERT OR REPLACE INTO subscriptions VALUES (?,?,?,?,?,?,?,?,?)"
+_DELIVERY: Final = "INSERT OR REPLACE INTO deliveries VALUES (?,?,?,?,?,?,?,?,?,0)"
+_DELIVERY_GONE: Final = "DELETE FROM deliveries WHERE client_id = ? AND message_id = ?"
+_DELIVERY_SENT: Final = "UPDATE deliveries SET packet_id = ? WHERE client_id = ? AND message_id = ?"
+_DELIVERY_RELEASED: Final = (
+    "UPDATE deliveries SET released = 1 WHERE client_id = ? AND message_id = ?"
+)
+_MESSAGE_GONE: Final = "DELETE FROM messages WHERE id = ?"
+_RETAINED: Final = "INSERT OR REPLACE INTO retained VALUES (?, ?)"
+_RETAINED_GONE: Final = "DELETE FROM retained WHERE topic = ?"
+_QOS2_IN: Final = "INSERT OR IGNORE INTO incoming_qos2 VALUES (?, ?)"
+_QOS2_OUT: Final = "DELETE FROM incoming_qos2 WHERE client_id = ? AND packet_id = ?"
+_PROBE: Final = "INSERT OR REPLACE INTO meta VALUES ('probed_at', ?)"  # can we write again?
 
 
 class SqliteStore:
@@ -113,6 +93,8 @@ class SqliteStore:
     Args:
         data_dir: the directory of the database (created if missing).
         synchronous: ``"NORMAL"`` (survives a process crash) or ``"FULL"`` (power loss too).
+        writer: commit in a writer process (default: with ``FULL`` only; see docs/storage.md
+            for the figures behind that choice).
 
     Raises:
         StorageError: the file is foreign, corrupted, or has a newer schema; never emptied.
@@ -120,11 +102,15 @@ class SqliteStore:
 
     durable = True
 
-    def __init__(self, data_dir: str, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, data_dir: str, synchronous: str = "NORMAL", writer: bool | None = None
+    ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         os.makedirs(data_dir, exist_ok=True)
         self.path = os.path.join(data_dir, DB_NAME)
+        self.synchronous = synchronous
+        self.uses_writer = synchronous == "FULL" if writer is None else writer
         self.clock_offset = time.time() - time.monotonic()
         self._ops: list[Statement] = []
         self._ticket = CommitTicket()
@@ -132,6 +118,7 @@ class SqliteStore:
         # What the file holds, mirrored here so every write is a keyed statement with no read:
         self._saved_messages: set[int] = set()  # message rows
         self._new_messages: list[tuple[Any, ...]] = []  # rows to insert at the next commit
+        self._gone: set[int] = set()  # message rows deleted by the pending writes
         self._refs: dict[int, int] = {}  # message id -> deliveries that reference it
         self._owed: dict[str, dict[int, int | None]] = {}  # client -> message id -> packet id
         self._by_pid: dict[str, dict[int, int]] = {}  # client -> packet id -> message id
@@ -142,6 +129,19 @@ class SqliteStore:
         self.commit_seconds_max = 0.0
         self.failed: BaseException | None = None
         self._db = self._open(synchronous)
+        self._checkpointer: _Checkpointer | None = None
+        self._until_checkpoint = CHECKPOINT_EVERY
+        self._checkpointed = time.perf_counter()
+        # the writer process (uses_writer): one batch in flight at a time
+        self._writer: WriterProcess | None = None
+        self._batch = 0
+        self._in_flight: _Batch | None = None
+        self._carried: list[CommitTicket] = []  # tickets of writes whose commit failed
+        self._attempt = CommitTicket()  # output of the writes since the last batch waits on it
+        self._spawned_at = -RESPAWN_MAX
+        self._respawn_delay = RESPAWN_MIN
+        self._probed = 0.0
+        self._closed = False
 
     # ------------------------------------------------------------------------------------------
     # opening
@@ -160,8 +160,11 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute("PRAGMA foreign_keys=OFF")
+            if not self.uses_writer:
+                db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             if not existed:
-                db.executescript(_SCHEMA)
+                db.executescript(SCHEMA)
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             version = int(
@@ -175,7 +178,16 @@ class SqliteStore:
                 f"{self.path} has schema version {version}, newer than this broker's "
                 f"{SCHEMA_VERSION}: upgrade mqttv5"
             )
-        migrate(db, version)
+        if version < SCHEMA_VERSION:
+            try:
+                migrate(db, version)
+            except sqlite3.Error as exc:
+                db.close()
+                raise StorageError(
+                    f"{self.path}: cannot upgrade schema version {version} to "
+                    f"{SCHEMA_VERSION}: {exc}"
+                ) from exc
+            log.info("Upgraded %s from schema %d to %d.", self.path, version, SCHEMA_VERSION)
         return db
 
     # ------------------------------------------------------------------------------------------
@@ -245,6 +257,8 @@ class SqliteStore:
             kept = messages.get(row[1])
             if kept is not None:
                 state.retained.append(kept)
+        if self.uses_writer:
+            self._writer_ready()  # start it now: its start-up must not delay the first commit
         return state
 
     # ------------------------------------------------------------------------------------------
@@ -258,7 +272,7 @@ class SqliteStore:
         will = session.will
         self._ops.append(
             (
-                "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?)",
+                _SESSION,
                 (
                     session.client_id, session.expiry_interval,
                     self._wall(session.disconnected_at), session.username,
@@ -286,7 +300,7 @@ class SqliteStore:
         """Create or replace one subscription."""
         self._ops.append(
             (
-                "INSERT OR REPLACE INTO subscriptions VALUES (?,?,?,?,?,?,?,?,?)",
+                _SUBSCRIPTION,
                 (
                     client_id, entry.topic_filter, entry.match_filter, entry.group, entry.qos,
                     int(entry.no_local), int(entry.retain_as_published), entry.retain_handling,
@@ -308,21 +322,35 @@ class SqliteStore:
         if msg.id in self._saved_messages:
             return
         self._saved_messages.add(msg.id)
-        self._new_messages.append(
-            (
-                msg.id, msg.topic, msg.payload, msg.qos, int(msg.retain), msg.props,
-                self._wall(msg.expiry_at), msg.origin, self._wall(msg.received_at),
-                msg.payload_format_indicator,
-            )
+        offset = self.clock_offset
+        expiry = msg.expiry_at
+        row = (
+            msg.id, msg.topic, msg.payload, msg.qos, msg.retain, msg.props,
+            None if expiry is None else expiry + offset, msg.origin,
+            msg.received_at + offset, msg.payload_format_indicator,
         )  # fmt: skip
+        if msg.id in self._gone:  # its row is deleted earlier in this batch: insert after that
+            self._ops.append((INSERT_MESSAGE, row))
+        else:  # new rows go first, all in one executemany
+            self._new_messages.append(row)
+
+    def _delete_message(self, message_id: int) -> None:
+        self._saved_messages.discard(message_id)
+        self._gone.add(message_id)
+        self._ops.append((_MESSAGE_GONE, (message_id,)))
 
     def _owe(self, client_id: str, message_id: int, packet_id: int | None) -> None:
-        owed = self._owed.setdefault(client_id, {})
+        owed = self._owed.get(client_id)
+        if owed is None:
+            owed = self._owed[client_id] = {}
         if message_id not in owed:
             self._refs[message_id] = self._refs.get(message_id, 0) + 1
         owed[message_id] = packet_id
         if packet_id is not None:
-            self._by_pid.setdefault(client_id, {})[packet_id] = message_id
+            by_pid = self._by_pid.get(client_id)
+            if by_pid is None:
+                by_pid = self._by_pid[client_id] = {}
+            by_pid[packet_id] = message_id
 
     def _release(self, message_id: int) -> None:
         """One reference fewer; the message row goes with its last (unless it is retained)."""
@@ -332,8 +360,7 @@ class SqliteStore:
             return
         self._refs.pop(message_id, None)
         if message_id not in self._retained_ids:
-            self._saved_messages.discard(message_id)
-            self._ops.append(("DELETE FROM messages WHERE id = ?", (message_id,)))
+            self._delete_message(message_id)
 
     def save_retained(self, message: BrokerMessage) -> None:
         """Store, replace, or (empty payload) delete the topic's retained message."""
@@ -343,14 +370,13 @@ class SqliteStore:
             self._save_message(message)
             self._retained[topic] = message.id
             self._retained_ids.add(message.id)
-            self._ops.append(("INSERT OR REPLACE INTO retained VALUES (?, ?)", (topic, message.id)))
+            self._ops.append((_RETAINED, (topic, message.id)))
         else:
-            self._ops.append(("DELETE FROM retained WHERE topic = ?", (topic,)))
+            self._ops.append((_RETAINED_GONE, (topic,)))
         if old is not None and old != message.id:
             self._retained_ids.discard(old)
             if old not in self._refs:
-                self._saved_messages.discard(old)
-                self._ops.append(("DELETE FROM messages WHERE id = ?", (old,)))
+                self._delete_message(old)
 
     def add_delivery(self, client_id: str, delivery: Delivery, packet_id: int | None) -> None:
         """Record a delivery owed to ``client_id`` (queued, or sent with ``packet_id``)."""
@@ -359,12 +385,13 @@ class SqliteStore:
         self._seq += 1
         self._owe(client_id, msg.id, packet_id)
         group = delivery.group
+        sub_ids = delivery.sub_ids
         self._ops.append(
             (
-                "INSERT OR REPLACE INTO deliveries VALUES (?,?,?,?,?,?,?,?,?,0)",
+                _DELIVERY,
                 (
-                    client_id, msg.id, self._seq, delivery.qos, int(delivery.retain),
-                    ",".join(map(str, delivery.sub_ids)),
+                    client_id, msg.id, self._seq, delivery.qos, delivery.retain,
+                    ",".join(map(str, sub_ids)) if sub_ids else "",
                     None if group is None else group[0], None if group is None else group[1],
                     packet_id,
                 ),
@@ -380,21 +407,13 @@ class SqliteStore:
         """
         self._owe(client_id, message_id, packet_id)
         if qos == 2:
-            self._ops.append(
-                (
-                    "UPDATE deliveries SET packet_id = ? WHERE client_id = ? AND message_id = ?",
-                    (packet_id, client_id, message_id),
-                )
-            )
+            self._ops.append((_DELIVERY_SENT, (packet_id, client_id, message_id)))
 
     def delivery_released(self, client_id: str, packet_id: int) -> None:
         """PUBREC received: the delivery only waits for PUBCOMP."""
-        self._ops.append(
-            (
-                "UPDATE deliveries SET released = 1 WHERE client_id = ? AND packet_id = ?",
-                (client_id, packet_id),
-            )
-        )
+        message_id = self._by_pid.get(client_id, {}).get(packet_id)
+        if message_id is not None:  # keyed by message: the table has no packet id index
+            self._ops.append((_DELIVERY_RELEASED, (client_id, message_id)))
 
     def delivery_done(self, client_id: str, packet_id: int) -> None:
         """PUBACK / PUBCOMP received."""
@@ -411,12 +430,7 @@ class SqliteStore:
         packet_id = owed.pop(message_id)
         if packet_id is not None:
             self._by_pid.get(client_id, {}).pop(packet_id, None)
-        self._ops.append(
-            (
-                "DELETE FROM deliveries WHERE client_id = ? AND message_id = ?",
-                (client_id, message_id),
-            )
-        )
+        self._ops.append((_DELIVERY_GONE, (client_id, message_id)))
         self._release(message_id)
 
     def delivery_dropped(self, client_id: str, message_id: int) -> None:
@@ -425,11 +439,7 @@ class SqliteStore:
 
     def incoming_qos2(self, client_id: str, packet_id: int, present: bool) -> None:
         """Record or forget an incoming QoS 2 packet identifier."""
-        if present:
-            sql = "INSERT OR IGNORE INTO incoming_qos2 VALUES (?, ?)"
-        else:
-            sql = "DELETE FROM incoming_qos2 WHERE client_id = ? AND packet_id = ?"
-        self._ops.append((sql, (client_id, packet_id)))
+        self._ops.append((_QOS2_IN if present else _QOS2_OUT, (client_id, packet_id)))
 
     # ------------------------------------------------------------------------------------------
     # commit
@@ -440,68 +450,247 @@ class SqliteStore:
         return bool(self._ops or self._new_messages)
 
     def ticket(self) -> CommitTicket:
-        """The ticket of every write made so far (done when they are committed)."""
+        """The ticket of every write made so far (done once they are durable)."""
         return self._ticket
 
-    def commit(self) -> None:
-        """Write every pending statement in one transaction, then complete the ticket.
+    def writable(self) -> bool:
+        """False while writes fail (disk full, I/O error, no writer process).
 
-        A failed commit (disk full, I/O error) fails the ticket: the broker then answers the
-        messages it held with an error code instead of a success, and the statements are
-        retried with the next commit.
+        While they fail, each call (at most every ``PROBE_INTERVAL``) first tries a commit
+        again, with a probe write if nothing else is pending, so the broker notices at once
+        when space returns.
         """
+        if self.failed is None:
+            return True
+        if not self._retry_due():
+            return False
+        if not self.pending:
+            self._ops.append((_PROBE, (str(time.time()),)))
+        self.commit()
+        return self.failed is None
+
+    def _retry_due(self) -> bool:
+        """While writes fail, retry at most every ``PROBE_INTERVAL``: a commit that fails on
+        a lock held elsewhere blocks for its busy timeout."""
+        now = time.monotonic()
+        if now - self._probed < PROBE_INTERVAL:
+            return False
+        self._probed = now
+        return True
+
+    def commit_soon(self) -> CommitTicket:
+        """Start committing every pending write; return what output must wait for.
+
+        Inline, the commit is over on return, so output need not wait: COMMITTED. With the
+        writer process the batch is handed over (unless one is in flight: it follows as soon
+        as that one is reported), and the returned ticket completes when the writer reports
+        the newest writes, committed or failed.
+        """
+        if self.failed is not None and not self._retry_due():
+            return COMMITTED  # writes fail: the next try comes soon, output need not wait
+        if not self.uses_writer:
+            self.commit()
+            return COMMITTED
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no event loop to read the writer's replies: wait for them
+            self.commit()
+            return COMMITTED
+        if self._in_flight is None:
+            if self._ops or self._new_messages:
+                self._send_batch()
+            if self._in_flight is None:
+                return COMMITTED  # nothing in flight: no writer (failing), or nothing to write
+        if self._ops or self._new_messages:
+            return self._attempt  # sent when the batch in flight is answered
+        return self._in_flight.attempt
+
+    def commit(self) -> None:
+        """Make every pending write durable in one transaction, then complete the ticket.
+
+        A failed commit (disk full, I/O error) leaves the ticket pending and the statements
+        queued: they are retried with the next commit, and the acknowledgements wait for it.
+        Meanwhile :meth:`writable` is False and the broker refuses, before routing them, the
+        QoS 1/2 messages that would need storage. With the writer process this waits for its
+        reply (at most ``WRITER_TIMEOUT``): it serves shutdown and session takeover.
+        """
+        if self.uses_writer:
+            self._commit_and_wait()
+            return
         ops = self._ops
         if not ops and not self._new_messages:
             return
-        ticket = self._ticket
-        self._ticket = CommitTicket()
-        db = self._db
         started = time.perf_counter()
         try:
-            db.execute("BEGIN")
-            if self._new_messages:  # new rows first: later statements may refer to them
-                db.executemany(
-                    "INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    self._new_messages,
-                )
-            # consecutive runs of one statement go to executemany (one call into SQLite)
-            run_sql: str | None = None
-            run: list[tuple[Any, ...]] = []
-            for sql, params in ops:
-                if sql == run_sql:
-                    run.append(params)
-                    continue
-                if run_sql is not None:
-                    db.executemany(run_sql, run)
-                    run_sql = None
-                run_sql, run = sql, [params]
-            if run_sql is not None:
-                db.executemany(run_sql, run)
-            db.execute("COMMIT")
+            apply_batch(self._db, self._new_messages, ops)
         except sqlite3.Error as exc:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if self.failed is None:
-                log.error("Storage commit failed (%s): QoS 1/2 work that needs it is refused.", exc)
-            self.failed = exc
-            ticket.complete(StorageError(str(exc)))
+            self._failing(exc)
             return
+        self._new_messages = []
+        self._ops = []
+        self._gone = set()
+        self._committed(time.perf_counter() - started)
+        self._until_checkpoint -= 1
+        if self._until_checkpoint <= 0 and started - self._checkpointed >= CHECKPOINT_SECONDS:
+            self._until_checkpoint = CHECKPOINT_EVERY
+            self._checkpointed = started
+            if self._checkpointer is None:
+                self._checkpointer = _Checkpointer(self.path)
+            self._checkpointer.poke()
+        ticket = self._ticket
+        self._ticket = CommitTicket()
+        ticket.complete()
+
+    def _failing(self, exc: BaseException) -> None:
+        if self.failed is None:
+            log.error(
+                "Storage commit failed (%s): QoS 1/2 messages that need storage are refused.",
+                exc,
+            )
+        self._probed = time.monotonic()
+        self.failed = exc
+
+    def _committed(self, took: float) -> None:
         if self.failed is not None:
             log.info("Storage writes succeed again.")
             self.failed = None
-        self._ops = []
-        self._new_messages = []
         self.commits += 1
-        took = time.perf_counter() - started
         self.commit_seconds += took
         self.commit_seconds_max = max(self.commit_seconds_max, took)
-        ticket.complete()
+
+    # ------------------------------------------------------------------------------------------
+    # the writer process (uses_writer)
+
+    def _writer_ready(self) -> WriterProcess | None:
+        """The running writer, started (again) if it is not running and may be; else None."""
+        writer = self._writer
+        if writer is None and not self._closed:
+            now = time.monotonic()
+            if now - self._spawned_at < self._respawn_delay:
+                return None  # it died moments ago: refuse work for a while, then try again
+            quick = now - self._spawned_at < RESPAWN_MAX  # it keeps dying: wait longer
+            delay = self._respawn_delay
+            self._respawn_delay = min(delay * 2, RESPAWN_MAX) if quick else RESPAWN_MIN
+            self._spawned_at = now
+            try:
+                writer = WriterProcess(self.path, self.synchronous, self._replied, self._exited)
+            except OSError as exc:
+                self._failing(StorageError(f"cannot start the storage writer process: {exc}"))
+                return None
+            if self.commits or self.failed is not None:
+                log.warning("Storage writer process restarted (pid %d).", writer.pid)
+            self._writer = writer
+        if writer is not None:
+            try:
+                writer.attach(asyncio.get_running_loop())
+            except RuntimeError:
+                pass  # no event loop: replies are read by blocking waits
+        return writer
+
+    def _send_batch(self) -> None:
+        """Hand every pending write to the writer as one batch (none may be in flight)."""
+        flight = _Batch(
+            self._batch + 1,
+            [*self._carried, self._ticket],
+            self._attempt,
+            self._new_messages,
+            self._ops,
+            self._gone,
+        )
+        self._carried = []
+        self._ticket = CommitTicket()
+        self._attempt = CommitTicket()
+        self._new_messages = []
+        self._ops = []
+        self._gone = set()
+        writer = self._writer_ready()
+        if writer is None:
+            if self.failed is None:
+                self._failing(StorageError("the storage writer process is not running"))
+            self._requeue(flight)
+            return
+        self._batch += 1
+        self._in_flight = flight
+        writer.send(flight.number, flight.new_messages, flight.ops)  # on failure: _exited
+
+    def _requeue(self, flight: _Batch) -> None:
+        """Put a batch that did not commit back before the writes made since: they are
+        retried with the next commit, and their tickets wait for it. Output waits no more."""
+        gone = flight.gone
+        later = self._new_messages
+        moved = [(INSERT_MESSAGE, row) for row in later if row[0] in gone] if gone else []
+        if moved:  # saved again after the batch deleted them: insert after its deletion
+            later = [row for row in later if row[0] not in gone]
+        self._new_messages = flight.new_messages + later
+        self._ops = flight.ops + moved + self._ops
+        self._gone |= gone
+        self._carried = flight.tickets + self._carried
+        attempt = self._attempt
+        self._attempt = CommitTicket()
+        flight.attempt.complete()
+        attempt.complete()
+
+    def _replied(self, number: int, error: str | None) -> None:
+        flight = self._in_flight
+        if flight is None or flight.number != number:
+            return
+        self._in_flight = None
+        if error is not None:
+            self._failing(StorageError(error))
+            self._requeue(flight)
+            return
+        self._committed(time.perf_counter() - flight.started)
+        self._respawn_delay = RESPAWN_MIN
+        flight.attempt.complete()
+        for ticket in flight.tickets:
+            ticket.complete()
+        if self._in_flight is None and self.pending and not self._closed:
+            self._send_batch()  # what collected meanwhile: the next group commit
+
+    def _exited(self, what: str) -> None:
+        self._writer = None
+        if self._closed:
+            return
+        log.error("%s: QoS 1/2 messages that need storage are refused until it is back.", what)
+        self._failing(StorageError(what))
+        flight = self._in_flight
+        self._in_flight = None
+        if flight is not None:  # committed or not: its writes are retried (they are idempotent)
+            self._requeue(flight)
+
+    def _commit_and_wait(self) -> None:
+        deadline = time.monotonic() + WRITER_TIMEOUT
+        while self._in_flight is not None or self.pending:
+            if self._in_flight is None:
+                self._send_batch()
+                if self._in_flight is None:
+                    return  # no writer: the writes wait for the next commit
+            flight = self._in_flight
+            writer = self._writer
+            while self._in_flight is flight and writer is not None:
+                if not writer.wait(max(0.0, deadline - time.monotonic())):
+                    log.error("The storage writer process did not answer in %ds.", WRITER_TIMEOUT)
+                    writer.proc.kill()
+                    writer.wait(1.0)
+                    return
+            if self.failed is not None:
+                return  # this commit failed; the writes are kept for the next one
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's id while it runs (``uses_writer``)."""
+        return self._writer.pid if self._writer is not None else None
 
     def close(self) -> None:
-        """Commit what is pending and close the file."""
+        """Commit what is pending and close the file (and stop the writer process)."""
         self.commit()
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
@@ -536,18 +725,69 @@ class SqliteStore:
 
 
 _CLEAN_ORPHANS: Final = (
-    "DELETE FROM messages WHERE NOT EXISTS "
-    "(SELECT 1 FROM deliveries WHERE message_id = messages.id) AND NOT EXISTS "
-    "(SELECT 1 FROM retained WHERE message_id = messages.id)"
+    "DELETE FROM messages WHERE id NOT IN (SELECT message_id FROM deliveries) "
+    "AND id NOT IN (SELECT message_id FROM retained)"
 )
 
 
-def migrate(db: sqlite3.Connection, version: int) -> None:
-    """Upgrade a data file from ``version`` to :data:`SCHEMA_VERSION`, one step at a time.
+class _Batch:
+    """Writes handed to the writer process, kept until it reports them."""
 
-    Version 1 is the first schema: there is nothing to migrate yet. A future version adds a
-    step here and a data-file fixture of the old version to the tests.
+    __slots__ = ("attempt", "gone", "new_messages", "number", "ops", "started", "tickets")
+
+    def __init__(
+        self,
+        number: int,
+        tickets: list[CommitTicket],
+        attempt: CommitTicket,
+        new_messages: list[tuple[Any, ...]],
+        ops: list[Statement],
+        gone: set[int],
+    ) -> None:
+        self.number = number
+        self.tickets = tickets  # done when the writes are durable (acknowledgements wait)
+        self.attempt = attempt  # done when the writer answers either way (output waits)
+        self.new_messages = new_messages
+        self.ops = ops
+        self.gone = gone  # message rows it deletes
+        self.started = time.perf_counter()
+
+
+class _Checkpointer:
+    """Copies the WAL back into the database off the event loop (``NORMAL``, inline commits).
+
+    A PASSIVE checkpoint is one SQLite call, so this thread takes the GIL twice per
+    checkpoint, not once per step; it never blocks the broker's commits.
     """
-    if version == SCHEMA_VERSION:
-        return
-    raise StorageError(f"no migration from schema version {version}")  # pragma: no cover
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="mqttv5-checkpoint", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Checkpoint soon."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the checkpoint under way, if any, and end the thread."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, timeout=1.0)
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("Storage checkpoint failed: %s", exc)
+        finally:
+            db.close()
