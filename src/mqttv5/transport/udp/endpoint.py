@@ -164,6 +164,7 @@ class ReliableTransport(asyncio.Transport):
                 self._held.append(data)
             else:
                 self._protocol.data_received(data)
+        self.pump()  # the window update
 
     def is_reading(self) -> bool:
         """Whether received messages are delivered."""
@@ -474,7 +475,7 @@ class UdpServerEndpoint(asyncio.DatagramProtocol):
             return
         if self.dtls is None:
             self.transport.sendto(datagram, cast(Any, addr))
-        else:
+        elif self.dtls.is_established(addr):  # else: its association ended; nothing to say
             self.dtls.send(addr, datagram)
             self._after_dtls()
 
@@ -490,6 +491,8 @@ class UdpServerEndpoint(asyncio.DatagramProtocol):
             for datagram in datagrams:
                 sendto(datagram, cast(Any, addr))
             return
+        if not self.dtls.is_established(addr):
+            return  # the association ended first (close_notify, a new handshake): drop them
         for datagram in datagrams:
             self.dtls.send(addr, datagram)
         self._after_dtls()
