@@ -500,3 +500,21 @@ def test_udp_and_dtls_on_uvloop(psk_file: Path) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(bounded())
+
+
+def test_connections_per_address_are_limited_and_others_unharmed() -> None:
+    async def main() -> None:
+        async with broker_with(udp_listener(max_connections_per_address=2)) as broker:
+            url = f"mqtt-udp://127.0.0.1:{broker.ports[0]}"
+            a, b = await client(url, "a"), await client(url, "b")
+            with pytest.raises(TransportError) as caught:
+                await client(url, "c", connect_timeout=timeout(3))
+            assert caught.value.message == "the server refused the connection (connection limit)"
+            assert {h.client_id for h in broker.handlers} == {"a", "b"}
+            await pubsub(a, b, 1, 20)
+            await a.disconnect()
+            third = await client(url, "c")  # a slot is free again
+            await third.disconnect()
+            await b.disconnect()
+
+    run(main())

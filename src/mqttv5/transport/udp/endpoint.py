@@ -101,6 +101,7 @@ class ReliableTransport(asyncio.Transport):
         self._busy = False
         self._again = False
         self._close_deadline: asyncio.TimerHandle | None = None
+        self.termination_reason = ""  # why the connection ended ("closed", "refused" ...)
 
     # --- asyncio.Transport ----------------------------------------------------------------------
 
@@ -243,6 +244,7 @@ class ReliableTransport(asyncio.Transport):
             else:
                 self._held.append(event.data)
         elif isinstance(event, ConnectionTerminated):
+            self.termination_reason = event.reason
             exc = None  # a close, or our own abort (as TCP's abort: connection_lost(None))
             if event.reason != "closed" and (event.by_peer or event.reason != "aborted"):
                 exc = ConnectionResetError(f"UDP connection lost: {event.reason}")
@@ -721,7 +723,12 @@ class UdpClientEndpoint(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
         if not self.ready.done():
-            self.ready.set_exception(TransportError(self.address, "connection refused or lost"))
+            reason = transport.termination_reason
+            if reason == "refused":
+                text = "the server refused the connection (connection limit)"
+            else:
+                text = f"connection ended during set-up ({reason or 'socket closed'})"
+            self.ready.set_exception(TransportError(self.address, text))
 
 
 def _with_overhead(settings: UdpSettings, overhead: int) -> UdpSettings:
