@@ -133,7 +133,9 @@ class TestRoundTrip:
     @given(connect(3))
     def test_mqtt_3_1_connect(self, packet: Connect) -> None:
         encoded = packet.encode()
-        assert encoded[4:10] == b"MQIsdp"
+        # after the fixed header: a 1-4 byte Remaining Length (each byte but the last >= 0x80)
+        start = 1 + next(i for i in range(1, 5) if encoded[i] < 0x80)
+        assert encoded[start : start + 8] == b"\x00\x06MQIsdp"
         assert parse(encoded, 3) == packet
 
     @given(st.lists(packets_for(PacketType.PUBLISH, 5), max_size=5))
