@@ -518,3 +518,36 @@ def test_connections_per_address_are_limited_and_others_unharmed() -> None:
             await b.disconnect()
 
     run(main())
+
+
+def test_garbage_to_the_dtls_port_leaves_sessions_alone(psk_file: Path) -> None:
+    async def main() -> None:
+        async with broker_with(dtls_listener(psk_file=str(psk_file))) as broker:
+            port = broker.ports[0]
+            keys = {"psk_identity": "alice", "psk": PSK_KEY}
+            url = f"mqtts-dtls://127.0.0.1:{port}"
+            pub, sub = await client(url, "p", dtls=keys), await client(url, "s", dtls=keys)
+            junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            junk.setblocking(False)
+            try:
+                for n in range(300):
+                    junk.sendto(os.urandom(n % 1400 + 1), ("127.0.0.1", port))
+                for content_type in (20, 21, 22, 23):  # DTLS record types with random bodies
+                    for _ in range(50):
+                        record = bytes([content_type, 0xFE, 0xFD]) + os.urandom(40)
+                        junk.sendto(record, ("127.0.0.1", port))
+                await asyncio.sleep(0.2)
+                while True:
+                    try:
+                        reply = junk.recv(65536)
+                    except BlockingIOError:
+                        break
+                    assert len(reply) <= 1472
+            finally:
+                junk.close()
+            assert {h.client_id for h in broker.handlers} == {"p", "s"}
+            await pubsub(pub, sub, 1, 30)
+            await pub.disconnect()
+            await sub.disconnect()
+
+    run(main())

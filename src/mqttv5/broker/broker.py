@@ -225,12 +225,7 @@ class MqttBroker:
         for sock in server.sockets:
             host, port = sock.getsockname()[:2]
             log.info("listening on %s:%d (%s)", host, port, settings.type)
-        if allow and runtime.is_loopback and cfg.allow_anonymous is None:
-            log.info(
-                "Starting in local only mode: connections only possible from clients on this "
-                "machine, anonymous access allowed on %s.",
-                runtime.name,
-            )
+        self._log_local_only(runtime)
 
     async def _open_udp_listener(self, runtime: ListenerRuntime) -> None:
         """A ``udp``/``dtls`` listener: every reliable connection gets a ClientHandler. The
@@ -253,6 +248,20 @@ class MqttBroker:
         self.listeners.append(runtime)
         host, port = runtime.udp.sockname()[:2]
         log.info("listening on %s:%d (%s)", host, port, settings.type)
+        self._log_local_only(runtime)
+
+    def _log_local_only(self, runtime: ListenerRuntime) -> None:
+        """Say so, as Mosquitto 2.0 does, when a loopback listener admits anonymous clients
+        because nothing was configured."""
+        cfg = self.config
+        if not (runtime.is_loopback and cfg.allow_anonymous is None):
+            return
+        if cfg.effective_allow_anonymous(runtime.settings):
+            log.info(
+                "Starting in local only mode: connections only possible from clients on this "
+                "machine, anonymous access allowed on %s.",
+                runtime.name,
+            )
 
     def _has_ipv4_twin(self, settings: ListenerSettings) -> bool:
         """Whether a 127.0.0.1 listener of the same type and port stands next to this ::1 one."""
