@@ -72,9 +72,9 @@ class ReliableTransport(asyncio.Transport):
     ``write`` queues a message on the :class:`ReliableConnection` and sends what its congestion
     window allows at once; acknowledgements, retransmissions and keep-alives run on one
     ``loop.call_at`` timer per connection, re-armed only when the connection's deadline moves.
-    Write flow control counts queued plus unacknowledged bytes. While reading is paused,
-    received messages are held here (the connection still processes acknowledgements, so a
-    paused reader never stalls its own sending).
+    Write flow control counts queued plus unacknowledged bytes. While reading is paused, the
+    connection advertises a zero window and what still arrives is held here (acknowledgements
+    of our own data still count, so a paused reader never stalls its own sending).
     """
 
     def __init__(
@@ -84,11 +84,10 @@ class ReliableTransport(asyncio.Transport):
         protocol: asyncio.Protocol,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(extra)
+        super().__init__(extra)  # asyncio keeps it as self._extra
         self._endpoint = endpoint
         self.conn = conn
         self._protocol = protocol
-        self._extra_info = extra or {}
         self._closing = False
         self._finished = False
         self._reading = True
@@ -112,13 +111,23 @@ class ReliableTransport(asyncio.Transport):
             return self._endpoint.peer_of(self)
         if name == "sockname":
             return self._endpoint.sockname()
-        return self._extra_info.get(name, default)
+        return super().get_extra_info(name, default)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data`` as one message (fragmented below when larger than a datagram)."""
-        if self._closing or not data:
+        """Queue ``data`` as one message (fragmented below when larger than a datagram), or
+        as several when it is larger than the largest message: the bytes are a stream to the
+        layer above, so where a message ends does not matter to it. Dropped once the
+        connection is closing (as a socket transport drops writes after a close)."""
+        conn = self.conn
+        if self._closing or not data or conn.sending_closed:
             return
-        self.conn.send(bytes(data))
+        limit = conn.max_message
+        if len(data) <= limit:
+            conn.send(bytes(data))
+        else:
+            view = memoryview(data)
+            for start in range(0, len(view), limit):
+                conn.send(bytes(view[start : start + limit]))
         self.pump()
 
     def writelines(self, list_of_data: Any) -> None:

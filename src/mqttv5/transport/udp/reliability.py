@@ -342,6 +342,17 @@ class ReliableConnection:
         st.max_reassembly_bytes = self._recv.reassembler.peak_bytes
         return st
 
+    @property
+    def max_message(self) -> int:
+        """The largest message :meth:`send` takes: ours and the peer's limit, whichever is
+        smaller (the peer's is known once the connection is set up)."""
+        return min(self.settings.max_message_size, self._peer.max_message)
+
+    @property
+    def sending_closed(self) -> bool:
+        """Whether :meth:`send` would raise: the connection is closing or closed."""
+        return self.state is CLOSED or self.state is CLOSING or self._close_requested
+
     def send(self, data: bytes) -> None:
         """Queue one message; it may be larger than a datagram (it is fragmented).
 
@@ -351,9 +362,9 @@ class ReliableConnection:
             InvalidState: the connection is closing or closed.
             ValueError: ``data`` is larger than our or the peer's maximum message size.
         """
-        if self.state is CLOSED or self.state is CLOSING or self._close_requested:
+        if self.sending_closed:
             raise InvalidState(f"cannot send on a {self.state.name.lower()} UDP connection")
-        limit = min(self.settings.max_message_size, self._peer.max_message)
+        limit = self.max_message
         if len(data) > limit:
             raise ValueError(f"message of {len(data)} bytes exceeds the maximum of {limit}")
         self._queue.push(bytes(data))
