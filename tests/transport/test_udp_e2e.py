@@ -569,3 +569,54 @@ def test_a_tick_of_output_larger_than_a_udp_message_is_split() -> None:
             await sub.disconnect()
 
     run(main(), 60)
+
+
+def test_a_dtls_peer_silent_after_its_handshake_is_forgotten(psk_file: Path) -> None:
+    """A completed DTLS handshake that no MQTT-over-UDP connection follows holds memory: the
+    broker closes it after ``idle_timeout``; other sessions carry on."""
+    from mqttv5.transport.dtls import DtlsClient, DtlsClientSettings
+
+    async def handshake(port: int) -> tuple[socket.socket, DtlsClient]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        dtls = DtlsClient(DtlsClientSettings(psk_identity="alice", psk=bytes.fromhex(PSK_KEY)))
+        dtls.start(loop.time())
+        async with asyncio.timeout(timeout(10)):
+            while not dtls.established:
+                for datagram in dtls.datagrams_to_send():
+                    sock.send(datagram)
+                await asyncio.sleep(0.01)
+                try:
+                    while True:
+                        dtls.datagram_received(sock.recv(65536), loop.time())
+                except BlockingIOError:
+                    pass
+                if (due := dtls.get_timer()) is not None and due <= loop.time():
+                    dtls.handle_timer(loop.time())
+        return sock, dtls
+
+    async def main() -> None:
+        listener = dtls_listener(psk_file=str(psk_file), idle_timeout=1.0)
+        async with broker_with(listener) as broker:
+            port = broker.ports[0]
+            endpoint = broker.listeners[0].udp
+            assert endpoint is not None and endpoint.dtls is not None
+            keys = {"psk_identity": "alice", "psk": PSK_KEY}
+            url = f"mqtts-dtls://127.0.0.1:{port}"
+            pub = await client(url, "p", dtls=keys)
+            sock, _ = await handshake(port)
+            silent = sock.getsockname()
+            try:
+                assert endpoint.dtls.is_established(silent)
+                await asyncio.sleep(1.5)
+                assert not endpoint.dtls.is_established(silent)
+            finally:
+                sock.close()
+            sub = await client(url, "s", dtls=keys)
+            await pubsub(pub, sub, 1, 10)  # the broker and its sessions are unharmed
+            await pub.disconnect()
+            await sub.disconnect()
+
+    run(main())

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from ..base import PeerInfo, TlsError, TransportError
+from ..dtls.events import HandshakeComplete, HandshakeFailed, PeerClosed
 from ..tcp import TcpStream, _StreamProtocol
 from .reliability import (
     AddressMigrated,
@@ -157,8 +158,8 @@ class ReliableTransport(asyncio.Transport):
         return self._closing or self._finished
 
     def pause_reading(self) -> None:
-        """Take no new messages until :meth:`resume_reading`: the connection drops new DATA
-        unacknowledged (the peer retransmits later); what arrived meanwhile is held here."""
+        """Ask the peer to stop sending until :meth:`resume_reading` (a zero window); what
+        still arrives meanwhile is held here."""
         self._reading = False
         self.conn.pause_receiving(True)
 
@@ -306,11 +307,16 @@ class _Timer:
         self._loop = loop
         self._callback = callback
         self._handle: asyncio.Handle | None = None
+        self._at = 0.0
 
     def set(self, deadline: float | None) -> None:
-        """Fire at ``deadline`` (loop time) instead of any earlier setting; None: never."""
+        """Fire at ``deadline`` (loop time) instead of any earlier setting; None: never.
+        Setting the same deadline again costs nothing (it is set after every datagram)."""
+        if deadline is not None and self._handle is not None and deadline == self._at:
+            return
         self.cancel()
         if deadline is not None:
+            self._at = deadline
             self._handle = self._loop.call_at(deadline, self._fire)
 
     def cancel(self) -> None:
@@ -446,15 +452,16 @@ class UdpServerEndpoint(asyncio.DatagramProtocol):
                 transport.abort()
                 return
             self.dtls.forget(old)
+            self._identities.pop(old, None)
         log.info("= %s: client moved from %s to %s", self.name, _show(old), _show(new))
 
     def _after_dtls(self) -> None:
         dtls = self.dtls
         assert dtls is not None
-        from ..dtls import HandshakeComplete, HandshakeFailed, PeerClosed
-
         for event in dtls.events_received():
             if isinstance(event, HandshakeComplete):
+                # an association no reliable connection takes up is closed after idle_timeout
+                self.loop.call_later(self.settings.idle_timeout, self._unused, event.addr)
                 if event.peer_certificate:
                     self._identities[event.addr] = event.peer_certificate
                 elif event.identity is not None:
@@ -480,6 +487,19 @@ class UdpServerEndpoint(asyncio.DatagramProtocol):
         if self.dtls is not None:
             self.dtls.handle_timer(self.loop.time())
             self._after_dtls()
+
+    def _unused(self, addr: Hashable) -> None:
+        """Close ``addr``'s DTLS association if no connection uses it (a peer that went quiet
+        after its handshake must not hold ~50 KiB for ever)."""
+        dtls = self.dtls
+        if dtls is None or not dtls.is_established(addr):
+            return
+        if any(self.server.address_of(conn) == addr for conn in self._by_conn):
+            return
+        log.info("x %s: DTLS association with %s unused; closed", self.name, _show(addr))
+        dtls.close(addr)
+        self._identities.pop(addr, None)
+        self._after_dtls()
 
     def _sendto(self, datagram: bytes, addr: Hashable) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -654,8 +674,6 @@ class UdpClientEndpoint(asyncio.DatagramProtocol):
     def _after_dtls(self) -> None:
         dtls = self.dtls
         assert dtls is not None
-        from ..dtls import HandshakeComplete, HandshakeFailed, PeerClosed
-
         for event in dtls.events_received():
             if isinstance(event, HandshakeComplete):
                 self.peer_certificate = event.peer_certificate
