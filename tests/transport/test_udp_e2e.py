@@ -620,3 +620,20 @@ def test_a_dtls_peer_silent_after_its_handshake_is_forgotten(psk_file: Path) -> 
             await sub.disconnect()
 
     run(main())
+
+
+def test_udp_over_ipv6_uses_the_smaller_datagram() -> None:
+    async def main() -> None:
+        listener = ListenerSettings(type="udp", bind="::1", port=0)
+        async with broker_with(listener) as broker:
+            url = f"mqtt-udp://[::1]:{broker.ports[0]}"
+            pub, sub = await client(url, "pub6"), await client(url, "sub6")
+            assert sub._stream is not None
+            assert sub._stream._transport.conn.settings.mtu == 1452  # type: ignore[attr-defined]
+            handler = next(h for h in broker.handlers if h.client_id == "sub6")
+            assert handler.transport.conn.settings.mtu == 1452
+            await pubsub(pub, sub, 1, 5, size=20_000)
+            await pub.disconnect()
+            await sub.disconnect()
+
+    run(main())

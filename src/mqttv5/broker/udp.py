@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..protocol.errors import ConfigError
-from ..transport.udp.endpoint import UdpServerEndpoint
+from ..transport.udp.endpoint import IPV4_MTU, IPV6_MTU, UdpServerEndpoint
 from ..transport.udp.reliability import UdpSettings
 from .config import ListenerSettings
 
@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["open_udp_listener", "udp_settings"]
 
 log = logging.getLogger("mqttv5.broker")
-
-_IPV4_MTU = 1472  # 1500-byte Ethernet MTU - 20 (IPv4) - 8 (UDP)
-_IPV6_MTU = 1452  # 1500 - 40 (IPv6) - 8 (UDP)
 
 
 def udp_settings(settings: ListenerSettings) -> UdpSettings:
@@ -36,7 +33,7 @@ def udp_settings(settings: ListenerSettings) -> UdpSettings:
             ipv6 = ipaddress.ip_address(settings.bind).version == 6
         except ValueError:
             ipv6 = False
-        mtu = _IPV6_MTU if ipv6 else _IPV4_MTU
+        mtu = IPV6_MTU if ipv6 else IPV4_MTU
     return UdpSettings(
         mtu=mtu,
         rto_min=settings.rto_min,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Hashable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
@@ -38,6 +39,8 @@ __all__ = ["ReliableTransport", "UdpClientEndpoint", "UdpServerEndpoint", "open_
 
 log = logging.getLogger("mqttv5.transport.udp")
 
+IPV4_MTU: Final = 1472  # largest UDP payload on a 1500-byte link: 1500 - 20 (IPv4) - 8 (UDP)
+IPV6_MTU: Final = 1452  # 1500 - 40 (IPv6) - 8 (UDP)
 _HIGH_WATER: Final = 1 << 20
 _READ_LIMIT: Final = 1 << 20
 _CLOSE_WAIT: Final = 5.0  # how long a graceful close may wait for the peer's acknowledgements
@@ -616,8 +619,15 @@ class UdpClientEndpoint(asyncio.DatagramProtocol):
         self.peer_certificate: dict[str, Any] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the DTLS handshake, or the reliability handshake at once."""
+        """Start the DTLS handshake, or the reliability handshake at once. Over IPv6 the
+        default datagram size is 1452 (a 1500-byte link less the larger IP header)."""
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family == socket.AF_INET6:
+            if self.settings.mtu == IPV4_MTU:
+                self.settings = replace(self.settings, mtu=IPV6_MTU)
+            if self.dtls_settings is not None and self.dtls_settings.mtu == IPV4_MTU:
+                self.dtls_settings = replace(self.dtls_settings, mtu=IPV6_MTU)
         if self.dtls_settings is not None:
             self._start_dtls()
         else:
@@ -634,7 +644,7 @@ class UdpClientEndpoint(asyncio.DatagramProtocol):
     def _start_reliable(self) -> None:
         settings = self.settings
         if self.dtls is not None:
-            settings = _with_overhead(settings, self.dtls.overhead)
+            settings = replace(settings, overhead=settings.overhead + self.dtls.overhead)
         conn = ReliableConnection.client(settings, self.loop.time())
         self.reliable = ReliableTransport(self, conn, self.stream_protocol, {"socket": None})
         self.reliable.pump()
@@ -733,11 +743,8 @@ class UdpClientEndpoint(asyncio.DatagramProtocol):
             self.ready.set_result(None)
 
     def path_suspect(self, transport: ReliableTransport) -> None:
-        """Plain UDP: RESUME now. DTLS: a new handshake, then RESUME."""
-        if self.dtls is None:
-            transport.conn.resume(self.loop.time())
-            return
-        if not self._resuming:
+        """DTLS: a new handshake, then RESUME (plain UDP: the connection RESUMEs by itself)."""
+        if self.dtls is not None and not self._resuming:
             log.info("= %s: no answer; new DTLS handshake, then resume", self.address)
             self._resuming = True
             self._start_dtls()
@@ -756,10 +763,6 @@ class UdpClientEndpoint(asyncio.DatagramProtocol):
             else:
                 text = f"connection ended during set-up ({reason or 'socket closed'})"
             self.ready.set_exception(TransportError(self.address, text))
-
-
-def _with_overhead(settings: UdpSettings, overhead: int) -> UdpSettings:
-    return replace(settings, overhead=settings.overhead + overhead)
 
 
 async def open_udp(
