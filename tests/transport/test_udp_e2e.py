@@ -637,3 +637,27 @@ def test_udp_over_ipv6_uses_the_smaller_datagram() -> None:
             await sub.disconnect()
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--psk", "0011"], "--psk and --psk-identity go together"),
+        (["--psk-identity", "a"], "--psk and --psk-identity go together"),
+        (["--psk-identity", "a", "--psk", "xyz"], "--psk: not a hexadecimal key"),
+        (["--psk-identity", "a", "--psk", ""], "--psk: empty key"),
+        (
+            ["--psk-identity", "a", "--psk", "00", "-L", "mqtt://127.0.0.1/t"],
+            "--psk needs a mqtts-dtls:// URL (not mqtt://)",
+        ),
+    ],
+)
+def test_cli_psk_flags_are_checked(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mqttv5", "pub", "-t", "t", "-m", "x", *args],
+        capture_output=True,
+        timeout=timeout(20),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr.decode(), result.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -20,8 +19,6 @@ if TYPE_CHECKING:
     from ..transport.dtls import DtlsServer
 
 __all__ = ["open_udp_listener", "udp_settings"]
-
-log = logging.getLogger("mqttv5.broker")
 
 
 def udp_settings(settings: ListenerSettings) -> UdpSettings:
