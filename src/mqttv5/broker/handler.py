@@ -489,6 +489,7 @@ class ClientHandler(asyncio.Protocol):
         if (
             qos
             and code == _RC.SUCCESS
+            and broker.store.failed is not None  # an attribute test per message, not a call
             and not broker.store.writable()
             and self._needs_store(packet)
         ):  # storage fails: refused before routing, so neither delivered nor stored
