@@ -6,8 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Coroutine
+import errno
+import os
+import subprocess
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from mqttv5.broker.broker import MqttBroker
 from mqttv5.broker.config import BrokerConfig, ListenerSettings
@@ -46,3 +52,45 @@ async def started_broker(**overrides: Any) -> AsyncIterator[MqttBroker]:
         yield broker
     finally:
         await broker.stop()
+
+
+class SmallDisk:
+    """A tmpfs of its own (``size``), to fill up and free again: a real full disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        """Take every free byte: the next write that needs a new page fails with ENOSPC."""
+        with open(self.filler, "ab", buffering=0) as f:
+            for chunk in (1 << 16, 4096, 512, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+
+    def free(self) -> None:
+        """Give the space back."""
+        self.filler.unlink()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """An 8 MiB tmpfs mounted for the test (needs root, as the netns tests do)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "mqttv5-test", str(mount)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        if os.geteuid() != 0 or "permission" in done.stderr.lower():
+            pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+        pytest.fail(f"mount -t tmpfs failed ({done.returncode}): {done.stderr.strip()}")
+    try:
+        yield SmallDisk(mount)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30, check=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -19,14 +20,20 @@ import pytest
 
 from mqttv5.broker.message import BrokerMessage, Delivery
 from mqttv5.broker.sessions import SubEntry
-from mqttv5.broker.storage import StorageError, StoredSession, StoredState
+from mqttv5.broker.storage import CommitTicket, StorageError, StoredSession, StoredState
 from mqttv5.broker.storage.sqlite import SCHEMA_VERSION, SqliteStore
 from mqttv5.protocol.packets import Connack, Connect, PubAck, PubComp, Publish, PubRec, PubRel, Will
 from mqttv5.protocol.properties import Properties
-from tests.broker.conftest import run, started_broker
+from tests.broker.conftest import SmallDisk, run, started_broker
 from tests.broker.rawclient import RawClient, timeout
 
 KEEP = Properties(session_expiry_interval=3600)
+
+
+def reload(path: Path) -> StoredState:
+    """What a new store on ``path`` loads (closed again: it holds the directory's lock)."""
+    with SqliteStore(str(path)) as store:
+        return store.load()
 
 
 class TestStoreFile:
@@ -53,7 +60,7 @@ class TestStoreFile:
         assert ticket.error is None
         store.close()
 
-        state = SqliteStore(str(tmp_path)).load()
+        state = reload(tmp_path)
         (s,) = state.sessions
         assert (s.client_id, s.expiry_interval, s.username) == ("c1", 300, "alice")
         assert s.will == will
@@ -88,6 +95,7 @@ class TestStoreFile:
             "incoming_qos2": 0,
         }  # fmt: skip
         assert store.check() == []
+        store.close()
 
     @pytest.mark.parametrize("sync", ["NORMAL", "FULL"])
     def test_message_saved_again_after_its_row_was_deleted_in_the_same_batch(
@@ -121,6 +129,7 @@ class TestStoreFile:
         store.save_retained(BrokerMessage("r", b"", 0, True))  # cleared
         store.commit()
         assert store.counts()["messages"] == 0
+        store.close()
 
     def test_newer_schema_is_refused_naming_both_versions(self, tmp_path: Path) -> None:
         SqliteStore(str(tmp_path)).close()
@@ -152,25 +161,55 @@ class TestStoreFile:
             SqliteStore(str(broken))
         assert (broken / "mqttv5.db").read_bytes() == garbage
 
-    def test_failed_commit_keeps_the_ticket_pending_and_is_retried(self, tmp_path: Path) -> None:
-        store = SqliteStore(str(tmp_path))
+    def test_failed_append_keeps_the_ticket_pending_and_is_retried(
+        self, small_disk: SmallDisk
+    ) -> None:
+        data = small_disk.path / "data"
+        store = SqliteStore(str(data))
+        store.save_retained(BrokerMessage("r/0", b"before", 0, True))
+        store.commit()
+        small_disk.fill()  # a full disk: the journal cannot grow
+        store.save_retained(BrokerMessage("r/1", b"x" * 20_000, 0, True))
+        ticket = _failing_commit(store)
+        assert isinstance(store.failed, OSError)
+        assert store.failed.errno == errno.ENOSPC
+        small_disk.free()
+        _recovers(store, ticket)
+        assert store.counts()["retained"] == 2
+        store.close()
+        assert [r.payload[:6] for r in reload(data).retained] == [b"before", b"xxxxxx"]
+
+    def test_failed_commit_of_the_writer_keeps_the_ticket_pending(self, tmp_path: Path) -> None:
+        store = SqliteStore(str(tmp_path), "FULL")
         store.save_retained(BrokerMessage("r", b"1", 0, True))
         lock = sqlite3.connect(tmp_path / "mqttv5.db", timeout=0)
         lock.execute("BEGIN EXCLUSIVE")  # another writer holds the file: our commit fails
-        store._db.execute("PRAGMA busy_timeout = 0")
-        ticket = store.ticket()
-        store.commit()
-        assert not ticket.done  # not durable yet: its acknowledgements wait
+        ticket = _failing_commit(store)
         assert store.failed is not None
-        assert store.pending  # kept for the next commit
-        assert not store.writable()  # within the retry interval: no new try
         lock.execute("ROLLBACK")
         lock.close()
-        time.sleep(0.25)
-        assert store.writable()  # retried now, and it worked
-        assert ticket.done
-        assert ticket.error is None
+        _recovers(store, ticket)
         assert store.counts()["retained"] == 1
+        store.close()
+
+
+def _failing_commit(store: SqliteStore) -> CommitTicket:
+    """Commit while writes fail: the ticket stays pending, the writes are kept, and no new
+    try comes within the retry interval."""
+    ticket = store.ticket()
+    store.commit()
+    assert not ticket.done  # not durable yet: its acknowledgements wait
+    assert store.pending  # kept for the next commit
+    assert not store.writable()
+    return ticket
+
+
+def _recovers(store: SqliteStore, ticket: CommitTicket) -> None:
+    """Once writes work again, the next try (after the retry interval) stores them."""
+    time.sleep(0.25)
+    assert store.writable()
+    assert ticket.done
+    assert ticket.error is None
 
 
 def _sqlite(tmp_path: Path) -> dict[str, object]:
@@ -371,13 +410,13 @@ def test_sigkill_mid_load_loses_no_acknowledged_message(
             await sub.disconnect()
 
         run(subscribe_then_leave())
-        writers = _children(proc.pid)  # the writer process of "full"
-        assert len(writers) == (1 if sync == "full" else 0)
+        writers = _children(proc.pid)  # the writer ("full") or the journal folder ("normal")
+        assert len(writers) == 1
         acked = run(_load_until_killed(port, proc, qos, kill_after))
         proc.wait(timeout=10)
         assert len(acked) >= kill_after
         for writer in writers:  # it notices its socket closing and exits: no leak
-            assert _gone(writer, timeout(5)), f"writer process {writer} outlived the broker"
+            assert _gone(writer, timeout(5)), f"child process {writer} outlived the broker"
         proc = _start_broker(port, data, sync)
 
         async def collect() -> list[int]:
@@ -494,7 +533,7 @@ class TestSchemaVersions:
         (stored_version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
         db.close()
         assert int(stored_version[0]) == SCHEMA_VERSION  # upgraded in place
-        self._assert_fixture_state(SqliteStore(str(tmp_path)).load())  # and stays readable
+        self._assert_fixture_state(reload(tmp_path))  # and stays readable
 
     def test_schema_2_has_no_secondary_index(self, tmp_path: Path) -> None:
         shutil.copy(Path(__file__).parent / "fixtures" / "store-v1.db", tmp_path / "mqttv5.db")
@@ -523,26 +562,26 @@ class TestSchemaVersions:
 
 class TestStorageFailure:
     @pytest.mark.parametrize("sync", ["normal", "full"])
-    def test_failing_disk_refuses_qos1_keeps_qos0_and_recovers(
-        self, tmp_path: Path, sync: str
+    def test_full_disk_refuses_qos1_keeps_qos0_and_recovers(
+        self, small_disk: SmallDisk, sync: str
     ) -> None:
         """A message is either accepted (routed; PUBACK once stored, however late) or refused
         with 0x97 before routing: then neither delivered nor stored."""
+        config = {"storage": "sqlite", "data_dir": str(small_disk.path / "data")}
+        big = b"a" * 20_000  # needs new pages of the file it is written to
 
         async def main() -> None:
-            async with started_broker(**_sqlite(tmp_path), storage_sync=sync) as b:
+            async with started_broker(**config, storage_sync=sync) as b:
                 sub = await RawClient.connect(b.ports[0], "keeper", properties=KEEP)
                 await sub.subscribe("disk/#", qos=1)
                 await sub.disconnect()
                 live = await RawClient.connect(b.ports[0], "live")
                 await live.subscribe("disk/#")
                 pub = await RawClient.connect(b.ports[0], "pub")
-                # another process takes the database: every commit now fails (as on a full disk)
-                lock = sqlite3.connect(tmp_path / "data" / "mqttv5.db", timeout=0)
-                lock.execute("BEGIN EXCLUSIVE")
+                small_disk.fill()
                 # routed before the failure is known: accepted, its PUBACK waits for the disk
-                pub.send(Publish("disk/a", b"accepted", 1, packet_id=1))
-                assert (await live.expect(Publish)).payload == b"accepted"
+                pub.send(Publish("disk/a", big, 1, packet_id=1))
+                assert (await live.expect(Publish)).payload == big
                 await pub.nothing(0.4)
                 # the failure is known: refused before routing, so not delivered, not stored
                 ack = await pub.publish("disk/b", b"refused", qos=1, packet_id=2)
@@ -550,8 +589,7 @@ class TestStorageFailure:
                 assert ack.reason_code == 0x97  # Quota exceeded: not stored, so not promised
                 await pub.publish("disk/c", b"qos0 still flows")
                 assert (await live.expect(Publish)).payload == b"qos0 still flows"
-                lock.execute("ROLLBACK")
-                lock.close()
+                small_disk.free()
                 await asyncio.sleep(0.3)  # the next try comes with the next message
                 pub.send(Publish("disk/d", b"stored", 1, packet_id=3))
                 acks = [await pub.expect(PubAck), await pub.expect(PubAck)]
@@ -560,7 +598,7 @@ class TestStorageFailure:
                 await live.nothing()
 
         async def after_restart() -> None:
-            async with started_broker(**_sqlite(tmp_path), storage_sync=sync) as b:
+            async with started_broker(**config, storage_sync=sync) as b:
                 sub = await RawClient.connect(
                     b.ports[0], "keeper", clean_start=False, properties=KEEP
                 )
@@ -572,7 +610,7 @@ class TestStorageFailure:
                         break
                     got.append(p.payload)
                     sub.send(PubAck(p.packet_id))
-                assert got == [b"accepted", b"stored"]
+                assert got == [big, b"stored"]
 
         run(main())
         run(after_restart())

@@ -19,6 +19,7 @@ from mqttv5.protocol.packets import PubAck, Publish, PubRec
 from mqttv5.protocol.properties import Properties
 from tests.broker.conftest import run, started_broker
 from tests.broker.rawclient import RawClient, timeout
+from tests.broker.test_sqlite_store import reload
 
 KEEP = Properties(session_expiry_interval=3600)
 
@@ -59,20 +60,21 @@ class TestWriterProcess:
         assert store.commits == 1
         store.close()
         assert _wait_gone(pid)
-        state = SqliteStore(str(tmp_path)).load()
+        state = reload(tmp_path)
         (session,) = state.sessions
         assert [d.delivery.message.payload for d in session.deliveries] == [b"payload"]
         assert session.deliveries[0].delivery.sub_ids == (3,)
         assert session.incoming_qos2 == [9]
 
-    def test_normal_commits_inline(self, tmp_path: Path) -> None:
+    def test_normal_appends_to_the_journal_at_once(self, tmp_path: Path) -> None:
         store = SqliteStore(str(tmp_path))
         store.load()
         assert not store.uses_writer
         assert store.writer_pid is None
         store.save_retained(BrokerMessage("r", b"1", 0, True))
-        assert store.commit_soon() is COMMITTED  # done inline: output need not wait
+        assert store.commit_soon() is COMMITTED  # appended inline: output need not wait
         assert not store.pending
+        assert store.journal_bytes > 0
         store.close()
 
 

@@ -169,6 +169,7 @@ class MqttBroker:
                 await self._open_listener(settings)
         except BaseException:
             await self._close_listeners()
+            self.store.close()  # and its data directory, for the next attempt
             raise
         self.spawn(self._sweep())
         if self.config.sys_interval > 0:

@@ -271,7 +271,11 @@ def _storage_metrics(out: _Exposition, broker: MqttBroker) -> None:
     store = broker.store
     commits = getattr(store, "commits", None)
     if isinstance(commits, int):
-        out.counter("mqttv5_storage_commits_total", "Transactions written to storage.", commits)
+        out.counter(
+            "mqttv5_storage_commits_total",
+            "Group commits written to storage (journal records, or writer transactions).",
+            commits,
+        )
         out.counter(
             "mqttv5_storage_commit_seconds_total",
             "Time spent committing (divide by commits for the mean commit latency).",
@@ -282,6 +286,14 @@ def _storage_metrics(out: _Exposition, broker: MqttBroker) -> None:
             "The longest commit since the broker started.",
             float(getattr(store, "commit_seconds_max", 0.0)),
         )
+        journal = getattr(store, "journal_bytes", None)
+        if isinstance(journal, int):
+            out.gauge(
+                "mqttv5_storage_journal_bytes",
+                "Size of the journal segments on disk: it falls as they are folded into the "
+                "database; one that keeps growing means the folder process falls behind.",
+                journal,
+            )
         failing = getattr(store, "failed", None) is not None
         out.gauge(
             "mqttv5_storage_failing", "1 while storage writes fail (disk full ...).", int(failing)

@@ -1,6 +1,8 @@
 """``mqttv5 storage check|compact|stats [--data-dir DIR]``: look after the durable store.
 
-Run it while the broker is stopped (SQLite would wait for the broker's lock otherwise).
+Run it while the broker is stopped: a running broker locks its data directory, and this
+command then exits with an error naming the broker's process id. It first folds whatever the
+journal still holds (what a killed broker left) into the database.
 """
 
 from __future__ import annotations

@@ -86,14 +86,18 @@ class BrokerConfig:
     )
     data_dir: str = _key(
         "./mqttv5-data",
-        'Directory for durable storage (`storage = "sqlite"`); created if missing. A relative '
-        "path is relative to the working directory. As Mosquitto's `persistence_location`.",
+        'Directory for durable storage (`storage = "sqlite"`): the database `mqttv5.db` and '
+        "its journal segments; created if missing, and locked while the broker runs (a second "
+        "broker or `mqttv5 storage` on it is refused). A relative path is relative to the "
+        "working directory. As Mosquitto's `persistence_location`.",
     )
     storage_sync: str = _key(
         "normal",
-        "How hard a `sqlite` commit pushes to disk: `normal` (SQLite WAL `synchronous=NORMAL`: an "
-        "acknowledged message survives a crash of the broker process) or `full` (`FULL`: it "
-        "also survives a power loss, at the cost of an fsync per commit).",
+        "How hard a `sqlite` commit pushes to disk: `normal` (each group commit is one write to "
+        "a journal, folded into the database by a child process: an acknowledged message "
+        "survives a crash of the broker process) or `full` (a writer process commits with "
+        "SQLite `synchronous=FULL`: it also survives a power loss, at the cost of an fsync per "
+        "commit).",
         choices=("normal", "full"),
     )
     log_level: str = _key(

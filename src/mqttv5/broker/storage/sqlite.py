@@ -4,10 +4,11 @@ SQLite in WAL mode. Writes are buffered as statements and committed together onc
 tick (group commit):
 
 - ``synchronous = NORMAL`` (the default; survives a crash of the broker process): the commit
-  runs inline, where a WAL commit of a hundred rows takes a fraction of a millisecond, while a
-  writer thread beside a busy event loop convoys on the GIL. Checkpoints (copying the WAL back
-  into the database, with their fsyncs) run on a thread of their own: one SQLite call each,
-  so one GIL hand-over, not one per step.
+  of a tick is one record appended to a journal (:mod:`.journal`, one ``write()``), and a
+  child process folds the journal into the database every half second (:mod:`.writer`). An
+  SQLite transaction on the event loop cost about 10 microseconds per message; the journal
+  costs about 1, and the folding runs on another core. At start-up (and in
+  ``mqttv5 storage``) whatever the journal still holds is folded before anything is read.
 - ``synchronous = FULL`` (power loss too): a writer process owns the write connection
   (:mod:`.writer`), so the fsync of each commit never stops the event loop. While it commits one
   batch the next one collects; a batch's ticket completes when the writer reports it durable.
@@ -17,8 +18,8 @@ One row per message (``messages``) and one reference row per session that still 
 deleted with its last reference (unless it is retained).
 
 Exactly once across a crash: the broker routes a QoS 2 message at once but holds every byte of
-output until the commit of its tick is durable (inline: the flush of a tick starts with the
-commit; writer process: :class:`~.gate.OutputGate`), and sends PUBREC only after that commit.
+output until the commit of its tick is durable (journal: the flush of a tick starts with the
+append; writer process: :class:`~.gate.OutputGate`), and sends PUBREC only after that commit.
 Killed before the commit, nothing was sent to a subscriber and the publisher resends; killed
 after it, the publisher's packet identifier is on disk and its resend is answered without a
 second delivery.
@@ -32,10 +33,10 @@ QoS 1/2 messages that would need storage: a refused message is neither delivered
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Final
@@ -55,36 +56,46 @@ from .base import (
     StoredSession,
     StoredState,
 )
+from .journal import JournalWriter, lock_directory
 from .schema import APPLICATION_ID, SCHEMA, SCHEMA_VERSION, migrate
-from .writer import INSERT_MESSAGE, Statement, WriterProcess, apply_batch
+from .writer import (
+    DELIVERIES_GONE,
+    DELIVERY,
+    DELIVERY_GONE,
+    DELIVERY_RELEASED,
+    DELIVERY_SENT,
+    MESSAGE,
+    MESSAGE_GONE,
+    PROBE,
+    QOS2_GONE,
+    QOS2_IN,
+    QOS2_OUT,
+    RETAINED,
+    RETAINED_GONE,
+    SESSION,
+    SESSION_GONE,
+    SUBSCRIPTION,
+    SUBSCRIPTION_GONE,
+    SUBSCRIPTIONS_GONE,
+    FolderProcess,
+    JournalError,
+    Statement,
+    WriterProcess,
+    fold_journal,
+    segment_numbers,
+    segment_path,
+)
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 log = logging.getLogger("mqttv5.broker")
 
 DB_NAME: Final = "mqttv5.db"
-CHECKPOINT_EVERY: Final = 64  # inline commits at least between two checkpoints...
-CHECKPOINT_SECONDS: Final = 1.0  # ...and seconds at least (a page written often is copied once)
 WAL_LIMIT: Final = 64 << 20  # a WAL grown past this is truncated when it restarts
 WRITER_TIMEOUT: Final = 30.0  # a blocking commit (shutdown, takeover) waits this long at most
-RESPAWN_MIN: Final = 0.5  # seconds between two starts of a dying writer process, doubling...
+RESPAWN_MIN: Final = 0.5  # seconds between two starts of a dying child process, doubling...
 RESPAWN_MAX: Final = 10.0  # ...up to this while it keeps dying
 PROBE_INTERVAL: Final = 0.2  # while writes fail, how often a new message may try one
-
-_SESSION: Final = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?)"
-_SUBSCRIPTION: Final = "INSERT OR REPLACE INTO subscriptions VALUES (?,?,?,?,?,?,?,?,?)"
-_DELIVERY: Final = "INSERT OR REPLACE INTO deliveries VALUES (?,?,?,?,?,?,?,?,?,0)"
-_DELIVERY_GONE: Final = "DELETE FROM deliveries WHERE client_id = ? AND message_id = ?"
-_DELIVERY_SENT: Final = "UPDATE deliveries SET packet_id = ? WHERE client_id = ? AND message_id = ?"
-_DELIVERY_RELEASED: Final = (
-    "UPDATE deliveries SET released = 1 WHERE client_id = ? AND message_id = ?"
-)
-_MESSAGE_GONE: Final = "DELETE FROM messages WHERE id = ?"
-_RETAINED: Final = "INSERT OR REPLACE INTO retained VALUES (?, ?)"
-_RETAINED_GONE: Final = "DELETE FROM retained WHERE topic = ?"
-_QOS2_IN: Final = "INSERT OR IGNORE INTO incoming_qos2 VALUES (?, ?)"
-_QOS2_OUT: Final = "DELETE FROM incoming_qos2 WHERE client_id = ? AND packet_id = ?"
-_PROBE: Final = "INSERT OR REPLACE INTO meta VALUES ('probed_at', ?)"  # can we write again?
 
 
 class SqliteStore:
@@ -93,11 +104,13 @@ class SqliteStore:
     Args:
         data_dir: the directory of the database (created if missing).
         synchronous: ``"NORMAL"`` (survives a process crash) or ``"FULL"`` (power loss too).
-        writer: commit in a writer process (default: with ``FULL`` only; see docs/storage.md
-            for the figures behind that choice).
+        writer: commit in a writer process (default: with ``FULL`` only); otherwise append to
+            the journal (with ``FULL``, followed by an fsync on the event loop). See
+            docs/storage.md for the figures behind that choice.
 
     Raises:
-        StorageError: the file is foreign, corrupted, or has a newer schema; never emptied.
+        StorageError: the file or a journal segment is foreign, corrupted, or of a newer
+            format (never emptied), or another process uses ``data_dir``.
     """
 
     durable = True
@@ -108,6 +121,7 @@ class SqliteStore:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         os.makedirs(data_dir, exist_ok=True)
+        self.data_dir = data_dir
         self.path = os.path.join(data_dir, DB_NAME)
         self.synchronous = synchronous
         self.uses_writer = synchronous == "FULL" if writer is None else writer
@@ -128,10 +142,21 @@ class SqliteStore:
         self.commit_seconds = 0.0  # time spent in successful commits (the /metrics latency)
         self.commit_seconds_max = 0.0
         self.failed: BaseException | None = None
-        self._db = self._open(synchronous)
-        self._checkpointer: _Checkpointer | None = None
-        self._until_checkpoint = CHECKPOINT_EVERY
-        self._checkpointed = time.perf_counter()
+        self._lock = lock_directory(data_dir)
+        try:
+            self._db = self._open(synchronous)
+            try:
+                first = self._fold_journal()  # what a stopped or killed broker left behind
+            except BaseException:
+                self._db.close()
+                raise
+        except BaseException:
+            self._lock.close()
+            raise
+        # the journal (not uses_writer) and its folder process
+        self._journal = JournalWriter(data_dir, first)
+        self._folder: FolderProcess | None = None
+        self._folder_started = False
         # the writer process (uses_writer): one batch in flight at a time
         self._writer: WriterProcess | None = None
         self._batch = 0
@@ -160,8 +185,6 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute("PRAGMA foreign_keys=OFF")
-            if not self.uses_writer:
-                db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
             db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             if not existed:
                 db.executescript(SCHEMA)
@@ -189,6 +212,78 @@ class SqliteStore:
                 ) from exc
             log.info("Upgraded %s from schema %d to %d.", self.path, version, SCHEMA_VERSION)
         return db
+
+    def _fold_journal(self, final: bool = True) -> int:
+        """Fold every journal record into the database here; return the number the next
+        segment takes. ``final``: nobody is appending (the newest segment is deleted too). A
+        folder child still at work (its broker was killed) holds SQLite's write lock
+        meanwhile: wait for it."""
+        db = self._db
+        db.execute("PRAGMA busy_timeout=30000")
+        try:
+            records, first = fold_journal(db, self.data_dir, final=final, warn=log.warning)
+        except JournalError as exc:
+            raise StorageError(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: cannot fold the journal into it: {exc}") from exc
+        finally:
+            db.execute("PRAGMA busy_timeout=50")
+        if records:
+            log.info("Folded %d journal records into %s.", records, self.path)
+        return first
+
+    def _folder_ready(self) -> FolderProcess | None:
+        """The running journal folder, started (again) if it is not running and may be."""
+        folder = self._folder
+        if folder is None and not self._closed and not self.uses_writer:
+            now = time.monotonic()
+            if now - self._spawned_at < self._respawn_delay:
+                return None
+            quick = now - self._spawned_at < RESPAWN_MAX
+            delay = self._respawn_delay
+            self._respawn_delay = min(delay * 2, RESPAWN_MAX) if quick else RESPAWN_MIN
+            self._spawned_at = now
+            try:
+                folder = FolderProcess(self.data_dir, self.path, self._folder_exited)
+            except OSError as exc:
+                log.error("Cannot start the journal folder process: %s", exc)
+                return None
+            if self._folder_started:
+                log.warning("Journal folder process restarted (pid %d).", folder.pid)
+            self._folder_started = True
+            self._folder = folder
+        if folder is not None:
+            try:
+                folder.attach(asyncio.get_running_loop())
+            except RuntimeError:
+                pass  # no event loop: nothing reads its socket until a blocking wait
+        return folder
+
+    def _folder_exited(self, what: str) -> None:
+        self._folder = None
+        if not self._closed:  # acknowledgements never wait for it: the journal grows meanwhile
+            log.error("%s: the journal grows until it is back.", what)
+
+    def flush(self) -> None:
+        """Commit what is pending and fold the journal into the database now, here (so that
+        the database holds every write: maintenance and tests)."""
+        self.commit()
+        if not self.uses_writer:
+            self._fold_journal(final=False)
+
+    @property
+    def journal_bytes(self) -> int:
+        """The size of the journal segments on disk (folded ones are deleted)."""
+        total = 0
+        for number in segment_numbers(self.data_dir):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(segment_path(self.data_dir, number))
+        return total
+
+    @property
+    def folder_pid(self) -> int | None:
+        """The journal folder process's id while it runs."""
+        return self._folder.pid if self._folder is not None else None
 
     # ------------------------------------------------------------------------------------------
     # loading
@@ -272,7 +367,7 @@ class SqliteStore:
         will = session.will
         self._ops.append(
             (
-                _SESSION,
+                SESSION,
                 (
                     session.client_id, session.expiry_interval,
                     self._wall(session.disconnected_at), session.username,
@@ -288,10 +383,11 @@ class SqliteStore:
     def delete_session(self, client_id: str) -> None:
         """Remove a session, its subscriptions, deliveries and QoS 2 identifiers."""
         ops = self._ops
-        ops.append(("DELETE FROM sessions WHERE client_id = ?", (client_id,)))
-        ops.append(("DELETE FROM subscriptions WHERE client_id = ?", (client_id,)))
-        ops.append(("DELETE FROM deliveries WHERE client_id = ?", (client_id,)))
-        ops.append(("DELETE FROM incoming_qos2 WHERE client_id = ?", (client_id,)))
+        key = (client_id,)
+        ops.append((SESSION_GONE, key))
+        ops.append((SUBSCRIPTIONS_GONE, key))
+        ops.append((DELIVERIES_GONE, key))
+        ops.append((QOS2_GONE, key))
         self._by_pid.pop(client_id, None)
         for message_id in self._owed.pop(client_id, {}):
             self._release(message_id)
@@ -300,7 +396,7 @@ class SqliteStore:
         """Create or replace one subscription."""
         self._ops.append(
             (
-                _SUBSCRIPTION,
+                SUBSCRIPTION,
                 (
                     client_id, entry.topic_filter, entry.match_filter, entry.group, entry.qos,
                     int(entry.no_local), int(entry.retain_as_published), entry.retain_handling,
@@ -311,12 +407,7 @@ class SqliteStore:
 
     def delete_subscription(self, client_id: str, topic_filter: str) -> None:
         """Remove one subscription."""
-        self._ops.append(
-            (
-                "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?",
-                (client_id, topic_filter),
-            )
-        )
+        self._ops.append((SUBSCRIPTION_GONE, (client_id, topic_filter)))
 
     def _save_message(self, msg: BrokerMessage) -> None:
         if msg.id in self._saved_messages:
@@ -330,14 +421,14 @@ class SqliteStore:
             msg.received_at + offset, msg.payload_format_indicator,
         )  # fmt: skip
         if msg.id in self._gone:  # its row is deleted earlier in this batch: insert after that
-            self._ops.append((INSERT_MESSAGE, row))
+            self._ops.append((MESSAGE, row))
         else:  # new rows go first, all in one executemany
             self._new_messages.append(row)
 
     def _delete_message(self, message_id: int) -> None:
         self._saved_messages.discard(message_id)
         self._gone.add(message_id)
-        self._ops.append((_MESSAGE_GONE, (message_id,)))
+        self._ops.append((MESSAGE_GONE, (message_id,)))
 
     def _owe(self, client_id: str, message_id: int, packet_id: int | None) -> None:
         owed = self._owed.get(client_id)
@@ -370,9 +461,9 @@ class SqliteStore:
             self._save_message(message)
             self._retained[topic] = message.id
             self._retained_ids.add(message.id)
-            self._ops.append((_RETAINED, (topic, message.id)))
+            self._ops.append((RETAINED, (topic, message.id)))
         else:
-            self._ops.append((_RETAINED_GONE, (topic,)))
+            self._ops.append((RETAINED_GONE, (topic,)))
         if old is not None and old != message.id:
             self._retained_ids.discard(old)
             if old not in self._refs:
@@ -388,7 +479,7 @@ class SqliteStore:
         sub_ids = delivery.sub_ids
         self._ops.append(
             (
-                _DELIVERY,
+                DELIVERY,
                 (
                     client_id, msg.id, self._seq, delivery.qos, delivery.retain,
                     ",".join(map(str, sub_ids)) if sub_ids else "",
@@ -407,13 +498,13 @@ class SqliteStore:
         """
         self._owe(client_id, message_id, packet_id)
         if qos == 2:
-            self._ops.append((_DELIVERY_SENT, (packet_id, client_id, message_id)))
+            self._ops.append((DELIVERY_SENT, (packet_id, client_id, message_id)))
 
     def delivery_released(self, client_id: str, packet_id: int) -> None:
         """PUBREC received: the delivery only waits for PUBCOMP."""
         message_id = self._by_pid.get(client_id, {}).get(packet_id)
         if message_id is not None:  # keyed by message: the table has no packet id index
-            self._ops.append((_DELIVERY_RELEASED, (client_id, message_id)))
+            self._ops.append((DELIVERY_RELEASED, (client_id, message_id)))
 
     def delivery_done(self, client_id: str, packet_id: int) -> None:
         """PUBACK / PUBCOMP received."""
@@ -430,7 +521,7 @@ class SqliteStore:
         packet_id = owed.pop(message_id)
         if packet_id is not None:
             self._by_pid.get(client_id, {}).pop(packet_id, None)
-        self._ops.append((_DELIVERY_GONE, (client_id, message_id)))
+        self._ops.append((DELIVERY_GONE, (client_id, message_id)))
         self._release(message_id)
 
     def delivery_dropped(self, client_id: str, message_id: int) -> None:
@@ -439,7 +530,7 @@ class SqliteStore:
 
     def incoming_qos2(self, client_id: str, packet_id: int, present: bool) -> None:
         """Record or forget an incoming QoS 2 packet identifier."""
-        self._ops.append((_QOS2_IN if present else _QOS2_OUT, (client_id, packet_id)))
+        self._ops.append((QOS2_IN if present else QOS2_OUT, (client_id, packet_id)))
 
     # ------------------------------------------------------------------------------------------
     # commit
@@ -465,7 +556,7 @@ class SqliteStore:
         if not self._retry_due():
             return False
         if not self.pending:
-            self._ops.append((_PROBE, (str(time.time()),)))
+            self._ops.append((PROBE, (str(time.time()),)))
         self.commit()
         return self.failed is None
 
@@ -506,7 +597,8 @@ class SqliteStore:
         return self._in_flight.attempt
 
     def commit(self) -> None:
-        """Make every pending write durable in one transaction, then complete the ticket.
+        """Make every pending write durable, then complete the ticket: one journal record (and
+        an fsync with ``FULL``), or one transaction of the writer process.
 
         A failed commit (disk full, I/O error) leaves the ticket pending and the statements
         queued: they are retried with the next commit, and the acknowledgements wait for it.
@@ -517,26 +609,22 @@ class SqliteStore:
         if self.uses_writer:
             self._commit_and_wait()
             return
-        ops = self._ops
-        if not ops and not self._new_messages:
+        if not self._ops and not self._new_messages:
             return
         started = time.perf_counter()
         try:
-            apply_batch(self._db, self._new_messages, ops)
-        except sqlite3.Error as exc:
+            self._journal.append(self._new_messages, self._ops)
+            if self.synchronous == "FULL":
+                self._journal.sync()
+        except OSError as exc:
             self._failing(exc)
             return
         self._new_messages = []
         self._ops = []
         self._gone = set()
         self._committed(time.perf_counter() - started)
-        self._until_checkpoint -= 1
-        if self._until_checkpoint <= 0 and started - self._checkpointed >= CHECKPOINT_SECONDS:
-            self._until_checkpoint = CHECKPOINT_EVERY
-            self._checkpointed = started
-            if self._checkpointer is None:
-                self._checkpointer = _Checkpointer(self.path)
-            self._checkpointer.poke()
+        if self._folder is None:
+            self._folder_ready()  # the first commit, or it died (started again with a backoff)
         ticket = self._ticket
         self._ticket = CommitTicket()
         ticket.complete()
@@ -618,7 +706,7 @@ class SqliteStore:
         retried with the next commit, and their tickets wait for it. Output waits no more."""
         gone = flight.gone
         later = self._new_messages
-        moved = [(INSERT_MESSAGE, row) for row in later if row[0] in gone] if gone else []
+        moved = [(MESSAGE, row) for row in later if row[0] in gone] if gone else []
         if moved:  # saved again after the batch deleted them: insert after its deletion
             later = [row for row in later if row[0] not in gone]
         self._new_messages = flight.new_messages + later
@@ -681,27 +769,43 @@ class SqliteStore:
         """The writer process's id while it runs (``uses_writer``)."""
         return self._writer.pid if self._writer is not None else None
 
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Commit what is pending and close the file (and stop the writer process)."""
+        """Commit what is pending, fold the journal, close the file, stop the child processes
+        and release the data directory."""
+        if self._closed:
+            return
         self.commit()
         self._closed = True
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
-            self._checkpointer = None
+        self._journal.close()
+        if self._folder is not None:
+            self._folder.close(WRITER_TIMEOUT)  # it folds what the journal holds, then exits
+            self._folder = None
+        try:
+            self._fold_journal()  # the rest, and the last segment: a stopped broker leaves none
+        except StorageError as exc:
+            log.error("%s; the journal is folded at the next start.", exc)
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass
         self._db.close()
+        self._lock.close()
 
     # ------------------------------------------------------------------------------------------
     # maintenance
 
     def check(self) -> list[str]:
         """SQLite's integrity check plus our own consistency checks; [] when healthy."""
+        self.flush()
         problems = [r[0] for r in self._db.execute("PRAGMA integrity_check") if r[0] != "ok"]
         orphans = self._db.execute(
             "SELECT COUNT(*) FROM deliveries WHERE message_id NOT IN (SELECT id FROM messages)"
@@ -713,11 +817,14 @@ class SqliteStore:
     def compact(self) -> None:
         """Drop unreferenced messages and reclaim free space (VACUUM)."""
         self.commit()
+        self._journal.close()
+        self._journal = JournalWriter(self.data_dir, self._fold_journal())
         self._db.execute(_CLEAN_ORPHANS)
         self._db.execute("VACUUM")
 
     def counts(self) -> dict[str, int]:
         """Rows per table."""
+        self.flush()
         tables: Iterable[str] = (
             "sessions", "subscriptions", "messages", "retained", "deliveries", "incoming_qos2"
         )  # fmt: skip
@@ -751,43 +858,3 @@ class _Batch:
         self.ops = ops
         self.gone = gone  # message rows it deletes
         self.started = time.perf_counter()
-
-
-class _Checkpointer:
-    """Copies the WAL back into the database off the event loop (``NORMAL``, inline commits).
-
-    A PASSIVE checkpoint is one SQLite call, so this thread takes the GIL twice per
-    checkpoint, not once per step; it never blocks the broker's commits.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="mqttv5-checkpoint", daemon=True)
-        self._thread.start()
-
-    def poke(self) -> None:
-        """Checkpoint soon."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        """Finish the checkpoint under way, if any, and end the thread."""
-        self._stopping = True
-        self._wake.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        db = sqlite3.connect(self._path, isolation_level=None, timeout=1.0)
-        try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._stopping:
-                    return
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:
-                    log.warning("Storage checkpoint failed: %s", exc)
-        finally:
-            db.close()
