@@ -4,6 +4,7 @@ cut short is dropped, a damaged or foreign one refused; the data directory is lo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -32,7 +33,10 @@ from mqttv5.broker.storage.writer import (
     segment_numbers,
     segment_path,
 )
-from tests.broker.rawclient import timeout
+from mqttv5.protocol.packets import PubAck, Publish
+from mqttv5.protocol.properties import Properties
+from tests.broker.conftest import run, started_broker
+from tests.broker.rawclient import RawClient, timeout
 from tests.broker.test_sqlite_store import (
     TestSchemaVersions,
     _free_port,
@@ -42,6 +46,7 @@ from tests.broker.test_sqlite_store import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
+KEEP = Properties(session_expiry_interval=3600)
 
 
 def _count(db_path: Path, table: str) -> int:
@@ -315,3 +320,40 @@ def test_folding_per_table_without_overwritten_writes_reaches_the_same_state(
     for writes in tables:
         w.apply_ops(folded, w.without_overwritten(writes))
     assert _state(folded) == _state(in_order)
+
+
+class TestSteadyLoad:
+    def test_files_stop_growing_once_messages_are_acknowledged(self, tmp_path: Path) -> None:
+        """Three rounds of the same load: the journal is folded and deleted as it goes, and
+        the database reuses the pages the acknowledged messages freed."""
+        data = tmp_path / "data"
+
+        def on_disk() -> int:
+            return sum(p.stat().st_size for p in data.iterdir())
+
+        async def main() -> list[int]:
+            async with started_broker(storage="sqlite", data_dir=str(data)) as b:
+                store = b.store
+                assert isinstance(store, SqliteStore)
+                store._journal.segment_bytes = 64 << 10  # rotate often, so segments can go
+                sub = await RawClient.connect(b.ports[0], "steady", properties=KEEP)
+                await sub.subscribe("load/#", qos=1)
+                pub = await RawClient.connect(b.ports[0], "pub")
+                sizes = []
+                for _ in range(3):
+                    for i in range(1500):
+                        pub.send(Publish("load/x", b"p" * 200, 1, packet_id=i % 100 + 1))
+                        got = await sub.expect(Publish)
+                        sub.send(PubAck(got.packet_id))
+                        await pub.expect(PubAck)
+                    await asyncio.sleep(0.1)
+                    assert store.fold_now(), "the folder did not fold"
+                    assert store.journal_bytes <= 128 << 10  # the segment being written, at most
+                    sizes.append(on_disk())
+                assert store.counts()["messages"] == 0  # every message acknowledged: gone
+                assert store.counts()["deliveries"] == 0
+                return sizes
+
+        first, _, third = run(main(), 120)  # about 170 KB each here; 1.5 MB more per round
+        # if the journal were kept
+        assert third <= first * 1.5 + (256 << 10), f"grew from {first} to {third} bytes"

@@ -264,6 +264,12 @@ class SqliteStore:
         if not self._closed:  # acknowledgements never wait for it: the journal grows meanwhile
             log.error("%s: the journal grows until it is back.", what)
 
+    def fold_now(self, timeout: float = WRITER_TIMEOUT) -> bool:
+        """Have the folder process fold the journal now, and wait for it (blocks: tests and
+        maintenance). False if it is not running or did not answer in ``timeout``."""
+        folder = self._folder_ready()
+        return folder is not None and folder.fold_now(timeout)
+
     def flush(self) -> None:
         """Commit what is pending and fold the journal into the database now, here (so that
         the database holds every write: maintenance and tests)."""
