@@ -329,6 +329,7 @@ def fold_journal(
     try:
         row = db.execute("SELECT value FROM meta WHERE key = ?", (_POSITION_KEY,)).fetchone()
         seg, off = (int(x) for x in row[0].split()) if row else (0, 0)
+        reached = (seg, off)
         numbers = [n for n in segment_numbers(directory) if n >= seg]
         records = 0
         tables: list[list[Statement]] = [[] for _ in _TABLES]
@@ -345,8 +346,11 @@ def fold_journal(
             seg, off = number, end
         for writes in tables:  # statements on different tables commute: one long run each
             apply_ops(db, without_overwritten(writes))
-        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_POSITION_KEY, f"{seg} {off}"))
-        db.execute("COMMIT")
+        if (seg, off) == reached:
+            db.execute("ROLLBACK")  # nothing new: no write, no fsync
+        else:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_POSITION_KEY, f"{seg} {off}"))
+            db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
@@ -612,15 +616,25 @@ def serve_fold(sock: socket.socket, directory: str, path: str) -> None:
         print(f"mqttv5 journal folder: {text}", file=sys.stderr, flush=True)
 
     failing = ""
+    seen: list[tuple[int, int]] = []
 
     def fold() -> None:
-        nonlocal failing
+        nonlocal failing, seen
+        try:
+            now = [
+                (n, os.path.getsize(segment_path(directory, n))) for n in segment_numbers(directory)
+            ]
+        except OSError:
+            now = []  # a segment went meanwhile: fold to find out
+        if now == seen and not failing:
+            return  # nothing written since the last fold
+        seen = now
         try:
             fold_journal(db, directory, warn=warn)
         except (sqlite3.Error, OSError) as exc:  # a full or failing disk: try again later
             if str(exc) != failing:
                 warn(f"cannot fold the journal ({exc}); will try again")
-            failing = str(exc)
+            failing = str(exc) or type(exc).__name__
         else:
             if failing:
                 warn("folding the journal works again")
