@@ -98,12 +98,15 @@ _TABLE_OF: Final = tuple(
     next(i for i, t in enumerate(_TABLES) if f" {t} " in sql) for sql in STATEMENTS
 )
 _ARITY: Final = tuple(sql.count("?") for sql in STATEMENTS)
-# The primary-key columns of the parameters of each statement that touches one row (None:
-# several rows, or none), and the statements that delete the row they name.
-_KEY_COLUMNS: Final[tuple[tuple[int, ...] | None, ...]] = (
-    (0,), (0,), (0,), (0,), (0, 1), (0, 1), None, (0, 1), (0, 1), (1, 2), (0, 1), None, (0,),
-    (0,), (0, 1), (0, 1), None, None,
-)  # fmt: skip
+# Where the primary key is in the parameters of each statement that names one row (the others
+# touch several rows, or none), and the statements that delete the row they name.
+_ROW_KEY: Final[dict[int, tuple[int, ...]]] = {
+    MESSAGE: (0,), MESSAGE_GONE: (0,), SESSION: (0,), SESSION_GONE: (0,),
+    SUBSCRIPTION: (0, 1), SUBSCRIPTION_GONE: (0, 1),
+    DELIVERY: (0, 1), DELIVERY_GONE: (0, 1), DELIVERY_SENT: (1, 2), DELIVERY_RELEASED: (0, 1),
+    RETAINED: (0,), RETAINED_GONE: (0,), QOS2_IN: (0, 1), QOS2_OUT: (0, 1),
+}  # fmt: skip
+_KEY_COLUMNS: Final = tuple(_ROW_KEY.get(code) for code in range(len(STATEMENTS)))
 _DELETES: Final = frozenset(
     {MESSAGE_GONE, SESSION_GONE, SUBSCRIPTION_GONE, DELIVERY_GONE, RETAINED_GONE, QOS2_OUT}
 )
