@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -357,3 +358,43 @@ class TestSteadyLoad:
         first, _, third = run(main(), 120)  # about 170 KB each here; 1.5 MB more per round
         # if the journal were kept
         assert third <= first * 1.5 + (256 << 10), f"grew from {first} to {third} bytes"
+
+
+class TestDyingFolder:
+    def test_killed_folder_is_logged_and_restarted_and_acknowledgements_never_wait(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        data = tmp_path / "data"
+        caplog.set_level(logging.INFO, "mqttv5.broker")
+
+        async def main() -> None:
+            async with started_broker(storage="sqlite", data_dir=str(data)) as b:
+                store = b.store
+                assert isinstance(store, SqliteStore)
+                pub = await RawClient.connect(b.ports[0], "pub")
+                await pub.publish("r/0", b"first", qos=1, retain=True, packet_id=1)
+                old = store.folder_pid
+                assert old is not None
+                os.kill(old, signal.SIGKILL)
+                for _ in range(200):  # the broker sees its socket close
+                    if store.folder_pid is None:
+                        break
+                    await asyncio.sleep(0.01)
+                assert store.folder_pid is None
+                # nothing waits for the folder: acknowledged at once, not refused
+                ack = await pub.publish("r/1", b"second", qos=1, retain=True, packet_id=2)
+                assert isinstance(ack, PubAck)
+                assert ack.reason_code == 0x10  # accepted: No matching subscribers, not 0x97
+                assert store.failed is None
+                await asyncio.sleep(0.6)  # past the restart delay: the next commit starts one
+                await pub.publish("r/2", b"third", qos=1, retain=True, packet_id=3)
+                new = store.folder_pid
+                assert new is not None
+                assert new != old
+                assert store.fold_now()
+                assert _count(data / "mqttv5.db", "retained") == 3  # folded by the new one
+
+        run(main())
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("journal folder process" in m and "exited" in m for m in messages)
+        assert any("Journal folder process restarted" in m for m in messages)
