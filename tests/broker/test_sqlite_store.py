@@ -498,7 +498,7 @@ class TestSchemaVersions:
     """One checked-in data file per schema version, loaded (and upgraded) by today's code.
 
     See ``fixtures/README.md``: every file holds the same state; a future schema adds
-    ``store-v3.db`` and tests the upgrade from each older file the same way.
+    ``store-v4.db`` and tests the upgrade from each older file the same way.
     """
 
     @staticmethod
@@ -547,6 +547,21 @@ class TestSchemaVersions:
         assert indexes == []  # one b-tree per delivery written, not four
         for table in ("deliveries", "retained", "subscriptions", "incoming_qos2"):
             assert tables[table].endswith("WITHOUT ROWID")
+
+    @pytest.mark.parametrize("version", [1, 2])
+    def test_upgrade_to_schema_3_records_the_journal_position(
+        self, tmp_path: Path, version: int
+    ) -> None:
+        """Schema 3 marks a directory that may hold a journal: a version-2 broker refuses it
+        ("newer schema") instead of serving the file without the journal's writes."""
+        fixture = Path(__file__).parent / "fixtures" / f"store-v{version}.db"
+        shutil.copy(fixture, tmp_path / "mqttv5.db")
+        SqliteStore(str(tmp_path)).close()
+        db = sqlite3.connect(tmp_path / "mqttv5.db")
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        db.close()
+        assert meta["schema_version"] == "3"
+        assert meta["journal_position"] == "0 0"
 
     def test_failed_upgrade_leaves_the_file_as_it_was(self, tmp_path: Path) -> None:
         shutil.copy(Path(__file__).parent / "fixtures" / "store-v1.db", tmp_path / "mqttv5.db")

@@ -225,7 +225,7 @@ class TestStartUp:
 
     def test_journal_fixture_of_each_format_is_folded(self, tmp_path: Path) -> None:
         """``fixtures/journal-v1``: the state of the store fixtures, as three journal records
-        on an empty schema-2 file (see fixtures/README.md)."""
+        on an empty schema-3 file (see fixtures/README.md)."""
         shutil.copytree(FIXTURES / "journal-v1", tmp_path / "data")
         with SqliteStore(str(tmp_path / "data")) as store:
             TestSchemaVersions._assert_fixture_state(store.load())

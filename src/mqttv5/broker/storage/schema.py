@@ -1,6 +1,12 @@
 """The data file's schema, its version, and the upgrade from each older version.
 
-Version 2 (this one) keeps version 1's columns and drops what the hot path paid for and never
+Version 3 (this one) has version 2's tables. What changed is the data directory around the file:
+it may hold journal segments (``journal.*``, see :mod:`.journal`) with acknowledged writes not
+yet folded into the file. A broker of version 2 would not read them and would serve the file
+without them; it refuses a file of version 3 ("newer than this broker's"), so nothing is lost
+by going back a version. The upgrade records the journal position (nothing folded yet).
+
+Version 2 kept version 1's columns and dropped what the hot path paid for and never
 read: the secondary indexes (``deliveries_by_packet``, ``deliveries_by_message``,
 ``retained_by_message``) and the hidden rowid b-tree of the tables keyed by a text primary key
 (``WITHOUT ROWID``). Writing a queued delivery now touches one b-tree instead of four: the
@@ -14,7 +20,7 @@ from typing import Final
 
 __all__ = ["APPLICATION_ID", "SCHEMA", "SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 APPLICATION_ID: Final = 0x4D515435  # "MQT5" in the SQLite header: not a foreign file
 
 _SESSIONS: Final = """
@@ -92,7 +98,12 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
         db.execute(f"DROP TABLE {table}_v1")
 
 
-_STEPS: Final = {1: _v1_to_v2}  # version -> the step that upgrades it by one
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    """No table changes: the journal position, so a version-2 broker refuses the file."""
+    db.execute("INSERT OR IGNORE INTO meta VALUES ('journal_position', '0 0')")
+
+
+_STEPS: Final = {1: _v1_to_v2, 2: _v2_to_v3}  # version -> the step that upgrades it by one
 
 
 def migrate(db: sqlite3.Connection, version: int) -> None:
