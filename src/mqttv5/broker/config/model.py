@@ -95,9 +95,9 @@ class BrokerConfig:
         "normal",
         "How hard a `sqlite` commit pushes to disk: `normal` (each group commit is one write to "
         "a journal, folded into the database by a child process: an acknowledged message "
-        "survives a crash of the broker process) or `full` (a writer process commits with "
-        "SQLite `synchronous=FULL`: it also survives a power loss, at the cost of an fsync per "
-        "commit).",
+        "survives a crash of the broker process) or `full` (a writer process also fsyncs each "
+        "journal write before the acknowledgements go out: it survives a power loss too, at the "
+        "cost of an fsync per commit).",
         choices=("normal", "full"),
     )
     log_level: str = _key(

@@ -9,9 +9,10 @@ tick (group commit):
   SQLite transaction on the event loop cost about 10 microseconds per message; the journal
   costs about 1, and the folding runs on another core. At start-up (and in
   ``mqttv5 storage``) whatever the journal still holds is folded before anything is read.
-- ``synchronous = FULL`` (power loss too): a writer process owns the write connection
-  (:mod:`.writer`), so the fsync of each commit never stops the event loop. While it commits one
-  batch the next one collects; a batch's ticket completes when the writer reports it durable.
+- ``synchronous = FULL`` (power loss too): the same journal, and a writer process fsyncs it
+  (:mod:`.writer`), so the fsync of each commit never stops the event loop. While one batch is
+  being fsynced the next one collects; a batch's ticket completes when the writer reports it
+  durable.
 
 One row per message (``messages``) and one reference row per session that still owes it
 (``deliveries``): a message's payload is stored once however many sessions wait for it, and
@@ -104,8 +105,8 @@ class SqliteStore:
     Args:
         data_dir: the directory of the database (created if missing).
         synchronous: ``"NORMAL"`` (survives a process crash) or ``"FULL"`` (power loss too).
-        writer: commit in a writer process (default: with ``FULL`` only); otherwise append to
-            the journal (with ``FULL``, followed by an fsync on the event loop). See
+        writer: have a writer process fsync each journal append (default: with ``FULL``
+            only); ``False`` with ``FULL`` fsyncs on the event loop instead. See
             docs/storage.md for the figures behind that choice.
 
     Raises:
@@ -157,14 +158,14 @@ class SqliteStore:
         self._journal = JournalWriter(data_dir, first)
         self._folder: FolderProcess | None = None
         self._folder_started = False
+        self._folder_backoff = _Backoff()
         # the writer process (uses_writer): one batch in flight at a time
         self._writer: WriterProcess | None = None
         self._batch = 0
         self._in_flight: _Batch | None = None
         self._carried: list[CommitTicket] = []  # tickets of writes whose commit failed
         self._attempt = CommitTicket()  # output of the writes since the last batch waits on it
-        self._spawned_at = -RESPAWN_MAX
-        self._respawn_delay = RESPAWN_MIN
+        self._writer_backoff = _Backoff()
         self._probed = 0.0
         self._closed = False
 
@@ -235,14 +236,9 @@ class SqliteStore:
     def _folder_ready(self) -> FolderProcess | None:
         """The running journal folder, started (again) if it is not running and may be."""
         folder = self._folder
-        if folder is None and not self._closed and not self.uses_writer:
-            now = time.monotonic()
-            if now - self._spawned_at < self._respawn_delay:
+        if folder is None and not self._closed:
+            if not self._folder_backoff.allow():
                 return None
-            quick = now - self._spawned_at < RESPAWN_MAX
-            delay = self._respawn_delay
-            self._respawn_delay = min(delay * 2, RESPAWN_MAX) if quick else RESPAWN_MIN
-            self._spawned_at = now
             try:
                 folder = FolderProcess(self.data_dir, self.path, self._folder_exited)
             except OSError as exc:
@@ -274,8 +270,7 @@ class SqliteStore:
         """Commit what is pending and fold the journal into the database now, here (so that
         the database holds every write: maintenance and tests)."""
         self.commit()
-        if not self.uses_writer:
-            self._fold_journal(final=False)
+        self._fold_journal(final=False)
 
     @property
     def journal_bytes(self) -> int:
@@ -659,15 +654,10 @@ class SqliteStore:
         """The running writer, started (again) if it is not running and may be; else None."""
         writer = self._writer
         if writer is None and not self._closed:
-            now = time.monotonic()
-            if now - self._spawned_at < self._respawn_delay:
+            if not self._writer_backoff.allow():
                 return None  # it died moments ago: refuse work for a while, then try again
-            quick = now - self._spawned_at < RESPAWN_MAX  # it keeps dying: wait longer
-            delay = self._respawn_delay
-            self._respawn_delay = min(delay * 2, RESPAWN_MAX) if quick else RESPAWN_MIN
-            self._spawned_at = now
             try:
-                writer = WriterProcess(self.path, self.synchronous, self._replied, self._exited)
+                writer = WriterProcess(self.data_dir, self._replied, self._exited)
             except OSError as exc:
                 self._failing(StorageError(f"cannot start the storage writer process: {exc}"))
                 return None
@@ -703,9 +693,17 @@ class SqliteStore:
                 self._failing(StorageError("the storage writer process is not running"))
             self._requeue(flight)
             return
+        try:
+            self._journal.append(flight.new_messages, flight.ops)
+        except OSError as exc:
+            self._failing(exc)
+            self._requeue(flight)
+            return
+        if self._folder is None:
+            self._folder_ready()
         self._batch += 1
         self._in_flight = flight
-        writer.send(flight.number, flight.new_messages, flight.ops)  # on failure: _exited
+        writer.sync(flight.number, self._journal.number)  # on failure: _exited
 
     def _requeue(self, flight: _Batch) -> None:
         """Put a batch that did not commit back before the writes made since: they are
@@ -734,7 +732,7 @@ class SqliteStore:
             self._requeue(flight)
             return
         self._committed(time.perf_counter() - flight.started)
-        self._respawn_delay = RESPAWN_MIN
+        self._writer_backoff.reset()
         flight.attempt.complete()
         for ticket in flight.tickets:
             ticket.complete()
@@ -841,6 +839,31 @@ _CLEAN_ORPHANS: Final = (
     "DELETE FROM messages WHERE id NOT IN (SELECT message_id FROM deliveries) "
     "AND id NOT IN (SELECT message_id FROM retained)"
 )
+
+
+class _Backoff:
+    """When a child process may be started (again): at once the first time, then after
+    ``RESPAWN_MIN`` seconds, doubling up to ``RESPAWN_MAX`` while it keeps dying."""
+
+    __slots__ = ("_at", "_delay")
+
+    def __init__(self) -> None:
+        self._at = -RESPAWN_MAX
+        self._delay = RESPAWN_MIN
+
+    def allow(self) -> bool:
+        """True (and the start counted) if a start is due now."""
+        now = time.monotonic()
+        if now - self._at < self._delay:
+            return False
+        quick = now - self._at < RESPAWN_MAX  # it keeps dying: wait longer
+        self._delay = min(self._delay * 2, RESPAWN_MAX) if quick else RESPAWN_MIN
+        self._at = now
+        return True
+
+    def reset(self) -> None:
+        """It worked: the next start after a death waits ``RESPAWN_MIN`` only."""
+        self._delay = RESPAWN_MIN
 
 
 class _Batch:

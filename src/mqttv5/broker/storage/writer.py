@@ -10,18 +10,18 @@ need no GIL of ours and no package of ours (this module imports only the standar
   database every ``FOLD_INTERVAL`` (one transaction for everything new, fsynced), records how
   far it got in that same transaction, and deletes the segments it has finished. The broker's
   event loop never runs SQLite at run time.
-- **The writer** (``storage_sync = "full"``). Every commit ends with an fsync (~0.3-10 ms, more
-  on a busy disk). Done inline it stops the event loop for that long; done by a thread beside a
-  busy loop it convoys on the GIL (sqlite3 releases it at every step: measured at 33 rows/s).
-  So this child owns the write connection: the broker sends it one batch of statements at a
-  time over a socket pair, keeps collecting the next batch meanwhile (group commit), and
-  completes the batch's ticket when the child reports the commit.
+- **The writer** (``storage_sync = "full"``). There a commit must also survive a power loss,
+  so every journal record must be fsynced (~0.3-10 ms, more on a busy disk) before what it
+  covers is acknowledged. Done inline that stops the event loop for as long. So the broker
+  appends a batch to the journal and asks this child to ``fdatasync`` the segment; it keeps
+  collecting the next batch meanwhile (group commit), and completes the batch's ticket when
+  the child replies. The folder folds the journal into the database as in ``normal``.
 
 Both exit when their socket closes: when the broker closes the store, exits, or is killed
-(SIGKILL included). A batch the broker wrote before dying is still committed (the writer) or
-folded (the folder): it was never acknowledged, so committing it is harmless (a resent QoS 2
-message is then recognised). Neither obeys SIGINT/SIGTERM: a Ctrl+C to the process group
-must not stop them before the broker's last write.
+(SIGKILL included). A record the broker wrote before dying is still folded: if it was never
+acknowledged, keeping it is harmless (a resent QoS 2 message is then recognised). Neither obeys
+SIGINT/SIGTERM: a Ctrl+C to the process group must not stop them before the broker's last
+write.
 """
 
 from __future__ import annotations
@@ -49,16 +49,14 @@ __all__ = [
     "FolderProcess",
     "JournalError",
     "WriterProcess",
-    "apply_batch",
     "fold_journal",
 ]
 
 Statement = tuple[int, tuple[Any, ...]]
 """One write: the index of its SQL in :data:`STATEMENTS` and its parameters."""
 
-_FRAME: Final = struct.Struct("!I")  # broker -> writer: length of the pickled batch
+_SYNC: Final = struct.Struct("!QQ")  # broker -> writer: batch number, journal segment to fsync
 _REPLY: Final = struct.Struct("!QI")  # writer -> broker: batch number, length of an error text
-_BUSY_TIMEOUT: Final = 0.2  # another process holding the file: fail (0x97), do not hang
 _FOLD_BUSY_TIMEOUT: Final = 5.0  # the folder waits this long for the file (no one waits on it)
 FOLD_INTERVAL: Final = 0.5  # seconds between two folds of the journal
 
@@ -155,22 +153,6 @@ def apply_ops(db: sqlite3.Connection, ops: Iterable[Statement]) -> None:
         run_code, run = code, [params]
     if run:
         db.executemany(STATEMENTS[run_code], run)
-
-
-def apply_batch(
-    db: sqlite3.Connection, new_messages: Sequence[tuple[Any, ...]], ops: Sequence[Statement]
-) -> None:
-    """Write ``new_messages`` then ``ops`` in one transaction; on error roll back and raise."""
-    try:
-        db.execute("BEGIN")
-        if new_messages:  # new rows first: later statements may refer to them
-            db.executemany(STATEMENTS[MESSAGE], new_messages)
-        apply_ops(db, ops)
-        db.execute("COMMIT")
-    except sqlite3.Error:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,20 +368,18 @@ def _spawn(args: list[str]) -> tuple[socket.socket, subprocess.Popen[bytes]]:
 
 
 class WriterProcess:
-    """The broker's handle on one writer child: start it, send batches, read its replies.
+    """The broker's handle on one writer child: start it, ask for fsyncs, read its replies.
 
     Args:
-        path: the database file (created and migrated by the broker before the child starts).
-        synchronous: the child's ``PRAGMA synchronous`` (``FULL``).
+        directory: the data directory (journal segments).
         on_reply: called with ``(batch, error)`` for each reply; ``error`` is None when the
-            batch committed, else the SQLite error text (the batch was rolled back).
+            batch's journal segment is durable, else the error text of the fsync.
         on_exit: called once with a description when the child is gone (EOF on its socket).
     """
 
     def __init__(
         self,
-        path: str,
-        synchronous: str,
+        directory: str,
         on_reply: Callable[[int, str | None], None],
         on_exit: Callable[[str], None],
     ) -> None:
@@ -409,7 +389,7 @@ class WriterProcess:
         self._reader_fd: int | None = None
         self._loop: Any = None
         self.gone = False
-        self.sock, self.proc = _spawn([path, synchronous])
+        self.sock, self.proc = _spawn(["sync", directory])
 
     role = "writer"
 
@@ -435,17 +415,17 @@ class WriterProcess:
         self._loop = None
         self._reader_fd = None
 
-    def send(self, batch: int, new_messages: list[Any], ops: list[Statement]) -> bool:
-        """Hand one batch to the child; False (and ``on_exit`` called) if it is gone.
+    def sync(self, batch: int, segment: int) -> bool:
+        """Ask the child to make journal segment ``segment`` durable (``fdatasync``) and to
+        reply for ``batch``; False (and ``on_exit`` called) if it is gone.
 
-        The child reads every batch as soon as it has replied to the previous one, and only
-        one batch is in flight at a time, so this blocking send only copies into the socket.
+        Only one batch is in flight at a time, so this blocking send only copies 16 bytes into
+        the socket.
         """
         if self.gone:
             return False
-        frame = pickle.dumps((batch, new_messages, ops), protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self.sock.sendall(_FRAME.pack(len(frame)) + frame)
+            self.sock.sendall(_SYNC.pack(batch, segment))
         except OSError as exc:
             self._exited(f"cannot be written to ({exc})")
             return False
@@ -579,32 +559,46 @@ def _read_exact(sock: socket.socket, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def serve(sock: socket.socket, path: str, synchronous: str) -> None:
-    """The child's loop: commit each batch and reply, until the socket closes."""
-    db = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT)
-    db.execute(f"PRAGMA synchronous={synchronous}")
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA journal_size_limit={64 << 20}")  # checkpoints: SQLite's own, in here
+def serve(sock: socket.socket, directory: str) -> None:
+    """The writer's loop: fsync the journal segment each request names, and reply, until the
+    socket closes. The first time a segment is named, the directory is fsynced too (the new
+    file's entry must survive a power loss as well as its contents)."""
+    files: dict[int, int] = {}  # segment number -> open descriptor (the newest few)
     try:
         while True:
-            header = _read_exact(sock, _FRAME.size)
-            frame = None if header is None else _read_exact(sock, _FRAME.unpack(header)[0])
-            if frame is None:
+            request = _read_exact(sock, _SYNC.size)
+            if request is None:
                 break
-            batch, new_messages, ops = pickle.loads(frame)
+            batch, segment = _SYNC.unpack(request)
             error = b""
             try:
-                apply_batch(db, new_messages, ops)
-            except sqlite3.Error as exc:
+                fd = files.get(segment)
+                if fd is None:
+                    fd = os.open(segment_path(directory, segment), os.O_RDONLY | os.O_CLOEXEC)
+                    files[segment] = fd
+                    _fsync_directory(directory)
+                    for old in [n for n in files if n < segment]:
+                        os.close(files.pop(old))  # synced with its last request already
+                os.fdatasync(fd)
+            except FileNotFoundError:
+                pass  # folded (durably, the folder fsyncs) and deleted meanwhile
+            except OSError as exc:
                 error = str(exc).encode()
             try:
                 sock.sendall(_REPLY.pack(batch, len(error)) + error)
             except OSError:
                 break
     finally:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        db.close()
+        for fd in files.values():
+            os.close(fd)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def serve_fold(sock: socket.socket, directory: str, path: str) -> None:
@@ -665,8 +659,8 @@ def serve_fold(sock: socket.socket, directory: str, path: str) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``writer.py FD PATH SYNCHRONOUS`` (the writer) or ``writer.py FD fold DIR PATH``
-    (the journal folder): serve the broker on socket ``FD``."""
+    """``writer.py FD sync DIR`` (the writer) or ``writer.py FD fold DIR PATH`` (the journal
+    folder): serve the broker on socket ``FD``."""
     # The broker decides when to stop: a Ctrl+C or SIGTERM sent to the whole process group
     # must not kill a child before the broker's last write. It exits on EOF.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -681,10 +675,9 @@ def main(argv: Sequence[str]) -> int:
             print(f"mqttv5 journal folder: {exc}", file=sys.stderr, flush=True)
             return 3
         return 0
-    path, synchronous = argv[1], argv[2]
-    if synchronous not in ("NORMAL", "FULL"):
+    if argv[1] != "sync":
         return 2
-    serve(socket.socket(fileno=fd), path, synchronous)
+    serve(socket.socket(fileno=fd), argv[2])
     return 0
 
 
