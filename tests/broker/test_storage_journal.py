@@ -13,15 +13,17 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mqttv5.broker.message import BrokerMessage, Delivery
+from mqttv5.broker.sessions import SubEntry
 from mqttv5.broker.storage import StorageError, StoredSession
 from mqttv5.broker.storage import writer as w
 from mqttv5.broker.storage.schema import SCHEMA
@@ -398,3 +400,69 @@ class TestDyingFolder:
         messages = [r.getMessage() for r in caplog.records]
         assert any("journal folder process" in m and "exited" in m for m in messages)
         assert any("Journal folder process restarted" in m for m in messages)
+
+
+# --- a batch appended again after a failed fsync or a dead writer -------------------------------
+
+_ACTIONS = ("deliver", "sent", "released", "done", "dropped", "retain", "unretain", "qos2",
+            "qos2 done", "session", "no session", "subscribe", "unsubscribe")  # fmt: skip
+
+
+def _act(store: SqliteStore, msgs: list[BrokerMessage], action: str, c: int, m: int) -> None:
+    cid, msg, pid = "ab"[c], msgs[m], m + 1
+    if action == "deliver":
+        store.add_delivery(cid, Delivery(msg, 2, False, (c,)), pid if c else None)
+    elif action == "sent":
+        store.delivery_sent(cid, msg.id, pid, 2)
+    elif action == "released":
+        store.delivery_released(cid, pid)
+    elif action == "done":
+        store.delivery_done(cid, pid)
+    elif action == "dropped":
+        store.delivery_dropped(cid, msg.id)
+    elif action in ("retain", "unretain"):
+        payload = msg.payload if action == "retain" else b""
+        store.save_retained(BrokerMessage(f"r/{c}", payload, 1, True))
+    elif action in ("qos2", "qos2 done"):
+        store.incoming_qos2(cid, pid, action == "qos2")
+    elif action == "session":
+        store.save_session(StoredSession(cid, 60 + m, None))
+    elif action == "no session":
+        store.delete_session(cid)
+    elif action == "subscribe":
+        store.save_subscription(cid, SubEntry(f"f/{m}", f"f/{m}", None, 1, False, False, 0))
+    else:
+        store.delete_subscription(cid, f"f/{m}")
+
+
+_STEPS = st.lists(
+    st.tuples(st.sampled_from(_ACTIONS), st.integers(0, 1), st.integers(0, 2)), max_size=25
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=_STEPS, second=_STEPS)
+@example(first=[("deliver", 1, 0)], second=[("released", 1, 0), ("sent", 1, 1)])
+@example(first=[("deliver", 0, 0), ("qos2", 0, 1)], second=[("done", 0, 0), ("no session", 0, 0)])
+def test_a_batch_written_twice_in_a_row_leaves_the_state_of_once(
+    first: list[tuple[str, int, int]], second: list[tuple[str, int, int]]
+) -> None:
+    """After a failed fsync or a dead writer the batch is appended again, so the journal may
+    hold a batch's writes twice in a row: folding them must give the state of once."""
+    with tempfile.TemporaryDirectory() as directory:
+        store = SqliteStore(directory)
+        msgs = [BrokerMessage("t", b"m%d" % i, 2, False) for i in range(3)]
+        batches = []
+        for steps in (first, second):
+            for action, c, m in steps:
+                _act(store, msgs, action, c, m)
+            batches.append([(w.MESSAGE, row) for row in store._new_messages] + store._ops)
+            store._new_messages, store._ops, store._gone = [], [], set()
+        store.close()
+    once, twice = (sqlite3.connect(":memory:", isolation_level=None) for _ in range(2))
+    for db in (once, twice):
+        db.executescript(SCHEMA)
+        w.apply_ops(db, batches[0])
+        w.apply_ops(db, batches[1])
+    w.apply_ops(twice, batches[1])
+    assert _state(twice) == _state(once)
