@@ -22,7 +22,7 @@ import os
 from typing import IO, Any, Final
 
 from .base import StorageError
-from .writer import Statement, encode_record, segment_header, segment_path
+from .writer import Statement, datasync, encode_record, segment_header, segment_path
 
 __all__ = ["SEGMENT_BYTES", "JournalWriter", "lock_directory"]
 
@@ -95,7 +95,7 @@ class JournalWriter:
     def sync(self) -> None:
         """Make what was appended survive a power loss too (``fdatasync``)."""
         if self._fd is not None:
-            os.fdatasync(self._fd)
+            datasync(self._fd)
 
     def close(self) -> None:
         """Close the current segment (the next append starts a new one)."""

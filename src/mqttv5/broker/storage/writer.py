@@ -59,6 +59,7 @@ _SYNC: Final = struct.Struct("!QQ")  # broker -> writer: batch number, journal s
 _REPLY: Final = struct.Struct("!QI")  # writer -> broker: batch number, length of an error text
 _FOLD_BUSY_TIMEOUT: Final = 5.0  # the folder waits this long for the file (no one waits on it)
 FOLD_INTERVAL: Final = 0.5  # seconds between two folds of the journal
+datasync: Final = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync: fsync there
 
 # ---------------------------------------------------------------------------------------------
 # the statements: the only SQL a batch or a journal record can name
@@ -579,7 +580,7 @@ def serve(sock: socket.socket, directory: str) -> None:
                     _fsync_directory(directory)
                     for old in [n for n in files if n < segment]:
                         os.close(files.pop(old))  # synced with its last request already
-                os.fdatasync(fd)
+                datasync(fd)
             except FileNotFoundError:
                 pass  # folded (durably, the folder fsyncs) and deleted meanwhile
             except OSError as exc:
