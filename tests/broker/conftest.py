@@ -8,8 +8,9 @@ import contextlib
 import dataclasses
 import errno
 import os
+import signal
 import subprocess
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,17 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
         yield SmallDisk(mount)
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30, check=False)
+
+
+async def kill_child(pid_of: Callable[[], int | None]) -> int:
+    """SIGKILL the child process ``pid_of()`` names (the store's writer or folder) and wait
+    until the broker has noticed (``pid_of()`` is None); return its pid."""
+    pid = pid_of()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(200):  # the broker sees the child's socket close
+        if pid_of() is None:
+            break
+        await asyncio.sleep(0.01)
+    assert pid_of() is None
+    return pid

@@ -17,7 +17,7 @@ from mqttv5.broker.storage.gate import OutputGate
 from mqttv5.broker.storage.sqlite import SqliteStore
 from mqttv5.protocol.packets import PubAck, Publish, PubRec
 from mqttv5.protocol.properties import Properties
-from tests.broker.conftest import run, started_broker
+from tests.broker.conftest import kill_child, run, started_broker
 from tests.broker.rawclient import RawClient, timeout
 from tests.broker.test_sqlite_store import reload
 
@@ -161,13 +161,7 @@ class TestBrokerWithWriter:
 
         async def kill_writer(b: object) -> None:
             store = b.store  # type: ignore[attr-defined]
-            pid = store.writer_pid
-            os.kill(pid, signal.SIGKILL)
-            for _ in range(100):  # the broker sees its socket close
-                if store.writer_pid is None:
-                    break
-                await asyncio.sleep(0.01)
-            assert store.writer_pid is None
+            pid = await kill_child(lambda: store.writer_pid)
             assert _wait_gone(pid)
 
         async def main() -> None:
