@@ -57,6 +57,7 @@ from .base import (
     StoredSession,
     StoredState,
 )
+from .children import FolderProcess, WriterProcess
 from .journal import JournalWriter, lock_directory
 from .schema import APPLICATION_ID, SCHEMA, SCHEMA_VERSION, migrate
 from .writer import (
@@ -78,10 +79,8 @@ from .writer import (
     SUBSCRIPTION,
     SUBSCRIPTION_GONE,
     SUBSCRIPTIONS_GONE,
-    FolderProcess,
     JournalError,
     Statement,
-    WriterProcess,
     fold_journal,
     segment_numbers,
     segment_path,

@@ -1,7 +1,8 @@
 """The storage child processes, the statements they run, and the journal they fold.
 
 Two children, both started from this file as a script (``python -I writer.py ...``), so they
-need no GIL of ours and no package of ours (this module imports only the standard library):
+need no GIL of ours and no package of ours (this module imports only the standard library; the
+broker's handles on them are in :mod:`.children`):
 
 - **The journal folder** (``storage_sync = "normal"``, the default). The broker appends each
   tick's writes to a journal (one record per group commit, one ``write()``, see
@@ -36,9 +37,7 @@ import signal
 import socket
 import sqlite3
 import struct
-import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
@@ -46,17 +45,15 @@ from typing import Any, Final
 __all__ = [
     "FOLD_INTERVAL",
     "JOURNAL_VERSION",
-    "FolderProcess",
     "JournalError",
-    "WriterProcess",
     "fold_journal",
 ]
 
 Statement = tuple[int, tuple[Any, ...]]
 """One write: the index of its SQL in :data:`STATEMENTS` and its parameters."""
 
-_SYNC: Final = struct.Struct("!QQ")  # broker -> writer: batch number, journal segment to fsync
-_REPLY: Final = struct.Struct("!QI")  # writer -> broker: batch number, length of an error text
+SYNC: Final = struct.Struct("!QQ")  # broker -> writer: batch number, journal segment to fsync
+REPLY: Final = struct.Struct("!QI")  # writer -> broker: batch number, length of an error text
 _FOLD_BUSY_TIMEOUT: Final = 5.0  # the folder waits this long for the file (no one waits on it)
 FOLD_INTERVAL: Final = 0.5  # seconds between two folds of the journal
 datasync: Final = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync: fsync there
@@ -349,203 +346,6 @@ def fold_journal(
 
 
 # ---------------------------------------------------------------------------------------------
-# the broker's side
-
-
-def _spawn(args: list[str]) -> tuple[socket.socket, subprocess.Popen[bytes]]:
-    """Start this file as a child with ``args``; return our end of its socket and the child."""
-    ours, theirs = socket.socketpair()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", os.path.abspath(__file__), str(theirs.fileno()), *args],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-    except BaseException:
-        ours.close()
-        raise
-    finally:
-        theirs.close()  # the child's end lives only in the child: EOF when either dies
-    return ours, proc
-
-
-class WriterProcess:
-    """The broker's handle on one writer child: start it, ask for fsyncs, read its replies.
-
-    Args:
-        directory: the data directory (journal segments).
-        on_reply: called with ``(batch, error)`` for each reply; ``error`` is None when the
-            batch's journal segment is durable, else the error text of the fsync.
-        on_exit: called once with a description when the child is gone (EOF on its socket).
-    """
-
-    def __init__(
-        self,
-        directory: str,
-        on_reply: Callable[[int, str | None], None],
-        on_exit: Callable[[str], None],
-    ) -> None:
-        self._on_reply = on_reply
-        self._on_exit = on_exit
-        self._buf = b""
-        self._reader_fd: int | None = None
-        self._loop: Any = None
-        self.gone = False
-        self.sock, self.proc = _spawn(["sync", directory])
-
-    role = "writer"
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        return self.proc.pid
-
-    def attach(self, loop: Any) -> None:
-        """Read replies from ``loop`` (an asyncio event loop) as they come."""
-        if self._loop is loop or self.gone:
-            return
-        self.detach()
-        loop.add_reader(self.sock.fileno(), self._readable)
-        self._loop = loop
-        self._reader_fd = self.sock.fileno()
-
-    def detach(self) -> None:
-        """Stop reading replies from the event loop."""
-        if self._loop is not None and self._reader_fd is not None:
-            with contextlib.suppress(Exception):  # the loop may be closed already
-                self._loop.remove_reader(self._reader_fd)
-        self._loop = None
-        self._reader_fd = None
-
-    def sync(self, batch: int, segment: int) -> bool:
-        """Ask the child to make journal segment ``segment`` durable (``fdatasync``) and to
-        reply for ``batch``; False (and ``on_exit`` called) if it is gone.
-
-        Only one batch is in flight at a time, so this blocking send only copies 16 bytes into
-        the socket.
-        """
-        if self.gone:
-            return False
-        try:
-            self.sock.sendall(_SYNC.pack(batch, segment))
-        except OSError as exc:
-            self._exited(f"cannot be written to ({exc})")
-            return False
-        return True
-
-    def _readable(self) -> None:
-        try:
-            data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return  # a blocking wait took the reply already
-        except OSError as exc:
-            self._exited(f"cannot be read from ({exc})")
-            return
-        self._received(data)
-
-    def _received(self, data: bytes) -> None:
-        if not data:
-            self._exited("exited")
-            return
-        buf = self._buf + data
-        while len(buf) >= _REPLY.size:
-            batch, length = _REPLY.unpack_from(buf)
-            if len(buf) < _REPLY.size + length:
-                break
-            error = buf[_REPLY.size : _REPLY.size + length].decode() if length else None
-            buf = buf[_REPLY.size + length :]
-            self._on_reply(batch, error)
-        self._buf = buf
-
-    def wait(self, timeout: float) -> bool:
-        """Block until a reply (or the child's exit) arrives; False after ``timeout``."""
-        if self.gone:
-            return True
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
-            return False
-        try:
-            data = self.sock.recv(1 << 16)
-        except OSError as exc:
-            self._exited(f"cannot be read from ({exc})")
-            return True
-        self._received(data)
-        return True
-
-    def _exited(self, what: str) -> None:
-        if self.gone:
-            return
-        self.gone = True
-        self.detach()
-        self.sock.close()
-        code = self.proc.poll()
-        if code is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = self.proc.wait(0.5)
-        detail = f"{what}, exit status {code}" if code is not None else what
-        self._on_exit(f"storage {self.role} process {self.proc.pid} {detail}")
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Close the socket (the child commits nothing more and exits) and reap the child."""
-        if not self.gone:
-            self.gone = True
-            self.detach()
-            self.sock.close()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-class FolderProcess(WriterProcess):
-    """The broker's handle on the journal folder child (``storage_sync = "normal"``).
-
-    Nothing waits for it: the broker acknowledges once a record is in the journal. It folds
-    every ``FOLD_INTERVAL``; :meth:`fold_now` asks for a fold at once and waits for it.
-
-    Args:
-        directory: the data directory (journal segments).
-        path: the database file (created and migrated by the broker before the child starts).
-        on_exit: called once with a description when the child is gone (EOF on its socket).
-    """
-
-    role = "journal folder"
-
-    def __init__(self, directory: str, path: str, on_exit: Callable[[str], None]) -> None:
-        self._on_reply = lambda _number, _error: None
-        self._on_exit = on_exit
-        self._buf = b""
-        self._reader_fd: int | None = None
-        self._loop: Any = None
-        self.gone = False
-        self.folds = 0
-        self.sock, self.proc = _spawn(["fold", directory, path])
-
-    def _received(self, data: bytes) -> None:
-        if not data:
-            self._exited("exited")
-            return
-        self.folds += len(data)  # one byte per fold asked for and done
-
-    def fold_now(self, timeout: float = 30.0) -> bool:
-        """Fold everything written so far, and wait for it (tests, maintenance); False on
-        timeout or if the child is gone."""
-        if self.gone:
-            return False
-        before = self.folds
-        try:
-            self.sock.sendall(b"f")
-        except OSError as exc:
-            self._exited(f"cannot be written to ({exc})")
-            return False
-        deadline = time.monotonic() + timeout
-        while self.folds == before and not self.gone:
-            if not self.wait(max(0.0, deadline - time.monotonic())):
-                return False
-        return self.folds > before
-
-
-# ---------------------------------------------------------------------------------------------
 # the child's side
 
 
@@ -567,10 +367,10 @@ def serve(sock: socket.socket, directory: str) -> None:
     files: dict[int, int] = {}  # segment number -> open descriptor (the newest few)
     try:
         while True:
-            request = _read_exact(sock, _SYNC.size)
+            request = _read_exact(sock, SYNC.size)
             if request is None:
                 break
-            batch, segment = _SYNC.unpack(request)
+            batch, segment = SYNC.unpack(request)
             error = b""
             try:
                 fd = files.get(segment)
@@ -586,7 +386,7 @@ def serve(sock: socket.socket, directory: str) -> None:
             except OSError as exc:
                 error = str(exc).encode()
             try:
-                sock.sendall(_REPLY.pack(batch, len(error)) + error)
+                sock.sendall(REPLY.pack(batch, len(error)) + error)
             except OSError:
                 break
     finally:
