@@ -353,7 +353,8 @@ class SqliteStore:
             if kept is not None:
                 state.retained.append(kept)
         if self.uses_writer:
-            self._writer_ready()  # start it now: its start-up must not delay the first commit
+            self._writer_ready()  # start the children now: not on the first commit's tick
+        self._folder_ready()
         return state
 
     # ------------------------------------------------------------------------------------------
