@@ -3,9 +3,9 @@
 Each group commit is one record appended to the current segment with one ``write()``: the
 record is then in the kernel's page cache, which a crash of the broker process (SIGKILL, the
 out-of-memory killer) cannot take back, so the acknowledgements it covers may go out at once.
-That costs a few microseconds per tick where an SQLite transaction costs about 10 per message
-on this machine; the journal folder child (:mod:`.writer`) moves the records into the database
-off the event loop, and deletes the segments it has finished.
+That costs a few microseconds per message, everything included, where an SQLite transaction
+cost about 10 per message on this machine; the journal folder child (:mod:`.writer`) moves the
+records into the database off the event loop, and deletes the segments it has finished.
 
 The format (also in docs/storage.md): a segment ``journal.NNNNNNNN`` starts with 8 bytes,
 ``"MQ5J"``, the format version (uint16) and 0 (uint16); then records, each a 4-byte body

@@ -7,7 +7,7 @@ tick (group commit):
   of a tick is one record appended to a journal (:mod:`.journal`, one ``write()``), and a
   child process folds the journal into the database every half second (:mod:`.writer`). An
   SQLite transaction on the event loop cost about 10 microseconds per message; the journal
-  costs about 1, and the folding runs on another core. At start-up (and in
+  costs 2-4 (docs/storage.md), and the folding runs on another core. At start-up (and in
   ``mqttv5 storage``) whatever the journal still holds is folded before anything is read.
 - ``synchronous = FULL`` (power loss too): the same journal, and a writer process fsyncs it
   (:mod:`.writer`), so the fsync of each commit never stops the event loop. While one batch is
