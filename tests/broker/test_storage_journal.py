@@ -181,6 +181,29 @@ class TestStartUp:
         after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "mqttv5.lock"}
         assert after == before  # never emptied, never half-folded
 
+    def test_damaged_length_before_other_records_is_refused(self, tmp_path: Path) -> None:
+        _abandoned(tmp_path, 2)
+        path = Path(segment_path(str(tmp_path), 1))
+        data = bytearray(path.read_bytes())
+        data[SEGMENT_HEADER.size : SEGMENT_HEADER.size + 4] = b"\xff\xff\xff\xf0"
+        path.write_bytes(bytes(data))  # the first record's length now points past the end
+        with pytest.raises(StorageError, match=r"damaged record at byte 8 \(a length past"):
+            SqliteStore(str(tmp_path))
+        assert path.read_bytes() == bytes(data)
+
+    @pytest.mark.parametrize("tail", [bytes(4096), b"\x13\x37" * 700 + b"\x80\x05junk"])
+    def test_zeros_or_garbage_after_the_last_record_are_a_cut_tail(
+        self, tmp_path: Path, tail: bytes, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """What a power loss can leave after the last write (zeros, or stale blocks): no whole
+        record follows, so it is a cut tail (never acknowledged), not damage."""
+        _abandoned(tmp_path, 2)
+        with open(segment_path(str(tmp_path), 1), "ab") as f:
+            f.write(tail)
+        with SqliteStore(str(tmp_path)) as store:
+            assert sorted(r.topic for r in store.load().retained) == ["r/0", "r/1"]
+        assert f"the last {len(tail)} bytes are a record cut short" in caplog.text
+
     @pytest.mark.parametrize(
         ("content", "error"),
         [

@@ -264,28 +264,52 @@ def _read_segment(
         pos = SEGMENT_HEADER.size
     records = 0
     size = len(data)
+    problem = ""
     while pos + RECORD_HEADER.size <= size:
         length, crc = RECORD_HEADER.unpack_from(data, pos)
         end = pos + RECORD_HEADER.size + length
         if length > MAX_RECORD or end > size:
-            break  # cut short (or a damaged length): nothing after it can be trusted
+            problem = "a length past the end"
+            break
         body = data[pos + RECORD_HEADER.size : end]
         try:
             if zlib.crc32(body) != crc:
                 raise ValueError("CRC mismatch")
             _decode_body(body, tables)
         except ValueError as exc:
-            if end < size and not live:
-                raise JournalError(f"{path}: damaged record at byte {start + pos} ({exc})") from exc
+            problem = str(exc)
             break
         pos = end
         records += 1
     if pos < size and not live:
+        # A write cut short leaves nothing whole after it (a crash mid-write, or zeros after a
+        # power loss); a whole record further on means the bad one is damage: refuse.
+        if _whole_record_after(data, pos + 1):
+            raise JournalError(f"{path}: damaged record at byte {start + pos} ({problem})")
         warn(
             f"{path}: the last {size - pos} bytes are a record cut short (never acknowledged); "
             "dropped"
         )
     return start + pos, records
+
+
+def _whole_record_after(data: bytes, start: int) -> bool:
+    """Whether a valid record begins anywhere at or after ``start`` (every body starts with
+    pickle's protocol-5 marker, so only those places are tried)."""
+    marker = b"\x80\x05"
+    at = data.find(marker, start + RECORD_HEADER.size)
+    while at != -1:
+        length, crc = RECORD_HEADER.unpack_from(data, at - RECORD_HEADER.size)
+        body = data[at : at + length]
+        if 0 < length == len(body) and zlib.crc32(body) == crc:
+            try:
+                _decode_body(body, [[] for _ in _TABLES])
+            except ValueError:
+                pass
+            else:
+                return True
+        at = data.find(marker, at + 1)
+    return False
 
 
 def fold_journal(
