@@ -101,31 +101,28 @@ async def echo_server(settings: DtlsServerSettings) -> AsyncIterator[tuple[EchoS
         protocol.close()
 
 
-async def s_client_echo(port: int, *args: str) -> str:
-    """Run s_client, send a line, wait for it to come back, end input; s_client's output."""
+async def s_client(port: int, *args: str, send: bytes = b"", until: bytes = b"Cipher is") -> str:
+    """Run ``openssl s_client -dtls1_2`` to ``port``, send ``send``, read until ``until``
+    appears, then end input (s_client sends close_notify and exits); its output."""
     process = await asyncio.create_subprocess_exec(
-        "openssl",
-        "s_client",
-        "-dtls1_2",
-        "-connect",
-        f"127.0.0.1:{port}",
-        *args,
+        "openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}", *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-    )
+    )  # fmt: skip
     assert process.stdin is not None and process.stdout is not None
     output = b""
     try:
-        process.stdin.write(b"hello over dtls\n")
-        await process.stdin.drain()
+        if send:
+            process.stdin.write(send)
+            await process.stdin.drain()
         async with asyncio.timeout(TIMEOUT):
-            while b"\nhello over dtls" not in output:
+            while until not in output:
                 chunk = await process.stdout.read(4096)
                 if not chunk:
                     break
                 output += chunk
-            process.stdin.close()  # s_client sends close_notify and exits
+            process.stdin.close()
             output += await process.stdout.read()
             await process.wait()
     finally:
@@ -133,6 +130,11 @@ async def s_client_echo(port: int, *args: str) -> str:
             process.kill()
             await process.wait()
     return output.decode(errors="replace")
+
+
+async def s_client_echo(port: int, *args: str) -> str:
+    """Run s_client, send a line, wait for it to come back, end input; s_client's output."""
+    return await s_client(port, *args, send=b"hello over dtls\n", until=b"\nhello over dtls")
 
 
 @pytest.fixture(scope="module")

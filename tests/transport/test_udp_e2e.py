@@ -26,6 +26,7 @@ from mqttv5.protocol.packets import Will
 from mqttv5.transport.base import TlsError, TransportError
 from tests.broker.conftest import run
 from tests.broker.rawclient import timeout
+from tests.transport.test_dtls_openssl import s_client
 from tests.transport.test_tls import Certs, broker_with, make_certs
 
 PSK_KEY = "00112233445566778899aabbccddeeff"
@@ -398,38 +399,6 @@ def test_broker_flags_open_udp_and_dtls_listeners(psk_file: Path) -> None:
 # --- interop and configuration errors ----------------------------------------------------------
 
 
-async def _s_client(port: int, *args: str) -> str:
-    """``openssl s_client -dtls1_2`` to the broker: its output once the handshake is done."""
-    process = await asyncio.create_subprocess_exec(
-        "openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}", *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert process.stdin is not None and process.stdout is not None
-    output = b""
-    try:
-        async with asyncio.timeout(timeout(10)):
-            while b"Verify return code" not in output and b"---\n" not in output[-200:]:
-                chunk = await process.stdout.read(4096)
-                if not chunk:
-                    break
-                output += chunk
-            while b"Cipher is" not in output:
-                chunk = await process.stdout.read(4096)
-                if not chunk:
-                    break
-                output += chunk
-            process.stdin.close()  # close_notify, then exit
-            output += await process.stdout.read()
-            await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    return output.decode(errors="replace")
-
-
 @pytest.mark.interop
 def test_openssl_s_client_handshakes_with_the_dtls_listener(psk_file: Path, certs: Certs) -> None:
     async def main() -> None:
@@ -438,9 +407,9 @@ def test_openssl_s_client_handshakes_with_the_dtls_listener(psk_file: Path, cert
         )
         async with broker_with(listener) as broker:
             port = broker.ports[0]
-            out = await _s_client(port, "-psk_identity", "alice", "-psk", PSK_KEY)
+            out = await s_client(port, "-psk_identity", "alice", "-psk", PSK_KEY)
             assert "Cipher is" in out and "PSK" in out, out
-            out = await _s_client(port, "-CAfile", str(certs.ca_file), "-verify_return_error")
+            out = await s_client(port, "-CAfile", str(certs.ca_file), "-verify_return_error")
             assert "Verify return code: 0 (ok)" in out, out
             assert "Cipher is ECDHE-" in out, out
             await pubsub_still_works(broker.ports[0])

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ...protocol.errors import ConfigError, MqttError
 from .records import RECORD_HEADER_SIZE, next_epoch0_sequence, pack_datagrams, plaintext_alert
@@ -231,22 +231,32 @@ def server_context(settings: DtlsServerSettings, psk_store: PskStore | None) -> 
         CERTIFICATE_CIPHERS if chain is not None else ()
     )
     trust = None if settings.cafile is None else _trust_store(tls, settings.cafile, "cafile")
-    configuration = tls.DTLSConfiguration(
+    configuration = _configuration(
+        tls,
+        settings.retransmit_timeout,
         # python-mbedtls maps False to mbedtls's VERIFY_OPTIONAL (certificate requested,
         # checked by us afterwards) and True to VERIFY_REQUIRED; it has no VERIFY_NONE.
         validate_certificates=settings.require_certificate,
         certificate_chain=chain,
         ciphers=ciphers,
-        lowest_supported_version=tls.DTLSVersion.DTLSv1_2,
-        highest_supported_version=tls.DTLSVersion.DTLSv1_2,
         trust_store=trust,
-        anti_replay=True,
-        handshake_timeout_min=settings.retransmit_timeout,
-        handshake_timeout_max=max(RETRANSMIT_MAX, settings.retransmit_timeout),
         pre_shared_key_store=psk_store if psk_store is not None else {},
     )
     context: ServerContext = tls.ServerContext(configuration)
     return context
+
+
+def _configuration(tls: ModuleType, retransmit_timeout: float, **options: Any) -> Any:
+    """A DTLS 1.2 configuration, with anti-replay and our handshake retransmission timers, as
+    both ends use; ``options`` are the side's own (certificates, ciphers, PSK)."""
+    return tls.DTLSConfiguration(
+        lowest_supported_version=tls.DTLSVersion.DTLSv1_2,
+        highest_supported_version=tls.DTLSVersion.DTLSv1_2,
+        anti_replay=True,
+        handshake_timeout_min=retransmit_timeout,
+        handshake_timeout_max=max(RETRANSMIT_MAX, retransmit_timeout),
+        **options,
+    )
 
 
 def client_context(settings: DtlsClientSettings) -> ClientContext:
@@ -269,16 +279,13 @@ def client_context(settings: DtlsClientSettings) -> ClientContext:
             if settings.cafile is None
             else _trust_store(tls, settings.cafile, "cafile")
         )
-    configuration = tls.DTLSConfiguration(
+    configuration = _configuration(
+        tls,
+        settings.retransmit_timeout,
         validate_certificates=settings.verify,
         certificate_chain=_own_chain(settings.certfile, settings.keyfile),
         ciphers=PSK_CIPHERS if psk is not None else CERTIFICATE_CIPHERS,
-        lowest_supported_version=tls.DTLSVersion.DTLSv1_2,
-        highest_supported_version=tls.DTLSVersion.DTLSv1_2,
         trust_store=trust,
-        anti_replay=True,
-        handshake_timeout_min=settings.retransmit_timeout,
-        handshake_timeout_max=max(RETRANSMIT_MAX, settings.retransmit_timeout),
         pre_shared_key=psk,
     )
     context: ClientContext = tls.ClientContext(configuration)
