@@ -182,6 +182,19 @@ class TestStoreFile:
         assert [r.payload[:6] for r in reload(data).retained] == [b"before", b"xxxxxx"]
 
 
+async def acknowledge_all(sub: RawClient) -> list[bytes]:
+    """The payloads of the QoS 1 messages ``sub`` receives, each acknowledged, until none
+    comes for half a second."""
+    got = []
+    while True:
+        try:
+            p = await sub.expect(Publish, wait=0.5)
+        except TimeoutError:
+            return got
+        got.append(p.payload)
+        sub.send(PubAck(p.packet_id))
+
+
 def _failing_commit(store: SqliteStore) -> CommitTicket:
     """Commit while writes fail: the ticket stays pending, the writes are kept, and no new
     try comes within the retry interval."""
@@ -606,14 +619,7 @@ class TestStorageFailure:
                 sub = await RawClient.connect(
                     b.ports[0], "keeper", clean_start=False, properties=KEEP
                 )
-                got = []
-                while True:
-                    try:
-                        p = await sub.expect(Publish, wait=0.5)
-                    except TimeoutError:
-                        break
-                    got.append(p.payload)
-                    sub.send(PubAck(p.packet_id))
+                got = await acknowledge_all(sub)
                 assert got == [big, b"stored"]
 
         run(main())

@@ -19,7 +19,7 @@ from mqttv5.protocol.packets import PubAck, Publish, PubRec
 from mqttv5.protocol.properties import Properties
 from tests.broker.conftest import kill_child, run, started_broker
 from tests.broker.rawclient import RawClient, timeout
-from tests.broker.test_sqlite_store import reload
+from tests.broker.test_sqlite_store import acknowledge_all, reload
 
 KEEP = Properties(session_expiry_interval=3600)
 
@@ -192,14 +192,7 @@ class TestBrokerWithWriter:
                 sub = await RawClient.connect(
                     b.ports[0], "keeper", clean_start=False, properties=KEEP
                 )
-                got = []
-                while True:
-                    try:
-                        p = await sub.expect(Publish, wait=0.5)
-                    except TimeoutError:
-                        break
-                    got.append(p.payload)
-                    sub.send(PubAck(p.packet_id))
+                got = await acknowledge_all(sub)
                 assert got == [b"yes"]
 
         run(main())
