@@ -36,31 +36,19 @@ def _spawn(args: list[str]) -> tuple[socket.socket, subprocess.Popen[bytes]]:
     return ours, proc
 
 
-class WriterProcess:
-    """The broker's handle on one writer child: start it, ask for fsyncs, read its replies.
+class _ChildProcess:
+    """A storage child: started from :mod:`.writer` with ``args``; its socket is read from
+    the event loop once attached (or by blocking waits without one); ``on_exit`` is called
+    once with a description when it is gone (EOF on its socket)."""
 
-    Args:
-        directory: the data directory (journal segments).
-        on_reply: called with ``(batch, error)`` for each reply; ``error`` is None when the
-            batch's journal segment is durable, else the error text of the fsync.
-        on_exit: called once with a description when the child is gone (EOF on its socket).
-    """
+    role = "child"
 
-    def __init__(
-        self,
-        directory: str,
-        on_reply: Callable[[int, str | None], None],
-        on_exit: Callable[[str], None],
-    ) -> None:
-        self._on_reply = on_reply
+    def __init__(self, args: list[str], on_exit: Callable[[str], None]) -> None:
         self._on_exit = on_exit
-        self._buf = b""
         self._reader_fd: int | None = None
         self._loop: Any = None
         self.gone = False
-        self.sock, self.proc = _spawn(["sync", directory])
-
-    role = "writer"
+        self.sock, self.proc = _spawn(args)
 
     @property
     def pid(self) -> int:
@@ -84,17 +72,13 @@ class WriterProcess:
         self._loop = None
         self._reader_fd = None
 
-    def sync(self, batch: int, segment: int) -> bool:
-        """Ask the child to make journal segment ``segment`` durable (``fdatasync``) and to
-        reply for ``batch``; False (and ``on_exit`` called) if it is gone.
-
-        Only one batch is in flight at a time, so this blocking send only copies 16 bytes into
-        the socket.
-        """
+    def _send(self, data: bytes) -> bool:
+        """Send a request; False (and ``on_exit`` called) if the child is gone. Requests are
+        a few bytes, one at a time: this blocking send only copies into the socket."""
         if self.gone:
             return False
         try:
-            self.sock.sendall(SYNC.pack(batch, segment))
+            self.sock.sendall(data)
         except OSError as exc:
             self._exited(f"cannot be written to ({exc})")
             return False
@@ -111,18 +95,8 @@ class WriterProcess:
         self._received(data)
 
     def _received(self, data: bytes) -> None:
-        if not data:
-            self._exited("exited")
-            return
-        buf = self._buf + data
-        while len(buf) >= REPLY.size:
-            batch, length = REPLY.unpack_from(buf)
-            if len(buf) < REPLY.size + length:
-                break
-            error = buf[REPLY.size : REPLY.size + length].decode() if length else None
-            buf = buf[REPLY.size + length :]
-            self._on_reply(batch, error)
-        self._buf = buf
+        """Replies (``data``), or the child's exit (empty)."""
+        raise NotImplementedError
 
     def wait(self, timeout: float) -> bool:
         """Block until a reply (or the child's exit) arrives; False after ``timeout``."""
@@ -153,7 +127,8 @@ class WriterProcess:
         self._on_exit(f"storage {self.role} process {self.proc.pid} {detail}")
 
     def close(self, timeout: float = 10.0) -> None:
-        """Close the socket (the child commits nothing more and exits) and reap the child."""
+        """Close the socket (the child finishes its work and exits) and reap the child,
+        killing it after ``timeout``."""
         if not self.gone:
             self.gone = True
             self.detach()
@@ -165,11 +140,55 @@ class WriterProcess:
             self.proc.wait()
 
 
-class FolderProcess(WriterProcess):
-    """The broker's handle on the journal folder child (``storage_sync = "normal"``).
+class WriterProcess(_ChildProcess):
+    """The broker's handle on the writer child (``storage_sync = "full"``): it fsyncs the
+    journal segment each request names.
 
-    Nothing waits for it: the broker acknowledges once a record is in the journal. It folds
-    every ``FOLD_INTERVAL``; :meth:`fold_now` asks for a fold at once and waits for it.
+    Args:
+        directory: the data directory (journal segments).
+        on_reply: called with ``(batch, error)`` for each reply; ``error`` is None when the
+            batch's journal segment is durable, else the error text of the fsync.
+        on_exit: called once with a description when the child is gone (EOF on its socket).
+    """
+
+    role = "writer"
+
+    def __init__(
+        self,
+        directory: str,
+        on_reply: Callable[[int, str | None], None],
+        on_exit: Callable[[str], None],
+    ) -> None:
+        super().__init__(["sync", directory], on_exit)
+        self._on_reply = on_reply
+        self._buf = b""
+
+    def sync(self, batch: int, segment: int) -> bool:
+        """Ask the child to make journal segment ``segment`` durable (``fdatasync``) and to
+        reply for ``batch``; False (and ``on_exit`` called) if it is gone."""
+        return self._send(SYNC.pack(batch, segment))
+
+    def _received(self, data: bytes) -> None:
+        if not data:
+            self._exited("exited")
+            return
+        buf = self._buf + data
+        while len(buf) >= REPLY.size:
+            batch, length = REPLY.unpack_from(buf)
+            if len(buf) < REPLY.size + length:
+                break
+            error = buf[REPLY.size : REPLY.size + length].decode() if length else None
+            buf = buf[REPLY.size + length :]
+            self._on_reply(batch, error)
+        self._buf = buf
+
+
+class FolderProcess(_ChildProcess):
+    """The broker's handle on the journal folder child (both modes).
+
+    Nothing waits for it: the broker acknowledges once a record is in the journal (and, with
+    ``full``, fsynced). It folds every ``FOLD_INTERVAL``; :meth:`fold_now` asks for a fold at
+    once and waits for it.
 
     Args:
         directory: the data directory (journal segments).
@@ -180,14 +199,8 @@ class FolderProcess(WriterProcess):
     role = "journal folder"
 
     def __init__(self, directory: str, path: str, on_exit: Callable[[str], None]) -> None:
-        self._on_reply = lambda _number, _error: None
-        self._on_exit = on_exit
-        self._buf = b""
-        self._reader_fd: int | None = None
-        self._loop: Any = None
-        self.gone = False
+        super().__init__(["fold", directory, path], on_exit)
         self.folds = 0
-        self.sock, self.proc = _spawn(["fold", directory, path])
 
     def _received(self, data: bytes) -> None:
         if not data:
@@ -198,13 +211,8 @@ class FolderProcess(WriterProcess):
     def fold_now(self, timeout: float = 30.0) -> bool:
         """Fold everything written so far, and wait for it (tests, maintenance); False on
         timeout or if the child is gone."""
-        if self.gone:
-            return False
         before = self.folds
-        try:
-            self.sock.sendall(b"f")
-        except OSError as exc:
-            self._exited(f"cannot be written to ({exc})")
+        if not self._send(b"f"):
             return False
         deadline = time.monotonic() + timeout
         while self.folds == before and not self.gone:
