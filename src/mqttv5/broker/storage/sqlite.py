@@ -156,7 +156,6 @@ class SqliteStore:
         # the journal (not uses_writer) and its folder process
         self._journal = JournalWriter(data_dir, first)
         self._folder: FolderProcess | None = None
-        self._folder_started = False
         self._folder_backoff = _Backoff()
         # the writer process (uses_writer): one batch in flight at a time
         self._writer: WriterProcess | None = None
@@ -243,9 +242,8 @@ class SqliteStore:
             except OSError as exc:
                 log.error("Cannot start the journal folder process: %s", exc)
                 return None
-            if self._folder_started:
+            if self._folder_backoff.starts > 1:
                 log.warning("Journal folder process restarted (pid %d).", folder.pid)
-            self._folder_started = True
             self._folder = folder
         if folder is not None:
             try:
@@ -661,7 +659,7 @@ class SqliteStore:
             except OSError as exc:
                 self._failing(StorageError(f"cannot start the storage writer process: {exc}"))
                 return None
-            if self.commits or self.failed is not None:
+            if self._writer_backoff.starts > 1:
                 log.warning("Storage writer process restarted (pid %d).", writer.pid)
             self._writer = writer
         if writer is not None:
@@ -845,11 +843,12 @@ class _Backoff:
     """When a child process may be started (again): at once the first time, then after
     ``RESPAWN_MIN`` seconds, doubling up to ``RESPAWN_MAX`` while it keeps dying."""
 
-    __slots__ = ("_at", "_delay")
+    __slots__ = ("_at", "_delay", "starts")
 
     def __init__(self) -> None:
         self._at = -RESPAWN_MAX
         self._delay = RESPAWN_MIN
+        self.starts = 0  # starts allowed so far
 
     def allow(self) -> bool:
         """True (and the start counted) if a start is due now."""
@@ -859,6 +858,7 @@ class _Backoff:
         quick = now - self._at < RESPAWN_MAX  # it keeps dying: wait longer
         self._delay = min(self._delay * 2, RESPAWN_MAX) if quick else RESPAWN_MIN
         self._at = now
+        self.starts += 1
         return True
 
     def reset(self) -> None:
