@@ -212,6 +212,18 @@ class TestPsk:
         assert "refused" in client_event.reason
 
 
+def _requiring_client_certificates(pki: Pki) -> DtlsServer:
+    """A certificate server that requires (and checks) a client certificate from ``pki.ca``."""
+    return DtlsServer(
+        DtlsServerSettings(
+            certfile=str(pki.server_cert),
+            keyfile=str(pki.server_key),
+            cafile=str(pki.ca),
+            require_certificate=True,
+        )
+    )
+
+
 class TestCertificates:
     def test_server_authentication(self, pki: Pki) -> None:
         server = DtlsServer(
@@ -229,14 +241,7 @@ class TestCertificates:
         )
 
     def test_mutual_authentication_identity_is_the_common_name(self, pki: Pki) -> None:
-        server = DtlsServer(
-            DtlsServerSettings(
-                certfile=str(pki.server_cert),
-                keyfile=str(pki.server_key),
-                cafile=str(pki.ca),
-                require_certificate=True,
-            )
-        )
+        server = _requiring_client_certificates(pki)
         net = Net(server)
         net.add(
             DtlsClientSettings(
@@ -273,14 +278,7 @@ class TestCertificates:
         assert events(client) == [HandshakeFailed(None, "server certificate not trusted")]
 
     def test_missing_client_certificate_when_required(self, pki: Pki) -> None:
-        server = DtlsServer(
-            DtlsServerSettings(
-                certfile=str(pki.server_cert),
-                keyfile=str(pki.server_key),
-                cafile=str(pki.ca),
-                require_certificate=True,
-            )
-        )
+        server = _requiring_client_certificates(pki)
         net = Net(server)
         client = net.add(DtlsClientSettings(cafile=str(pki.ca)))
         net.pump()
